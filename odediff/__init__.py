@@ -1,0 +1,15 @@
+"""odediff: diffusion sampling as solving the probability-flow ODE dx̄/dσ = ε(x̄, σ)."""
+
+from .api import decode, encode, plan, sample, slerp
+from .grids import GRIDS
+from .integrate import BudgetExceeded, Info, Step, integrate
+from .models import EpsModel, Model
+from .schedules import DiscreteSchedule
+from .solvers import SOLVERS, Solver, get_solver
+
+__all__ = [
+    "sample", "encode", "decode", "slerp", "plan", "integrate", "EpsModel", "Model",
+    "DiscreteSchedule", "SOLVERS", "GRIDS", "Solver", "get_solver", "Info", "Step",
+    "BudgetExceeded",
+]  # fmt: skip
+__version__ = "0.1.0"
