@@ -8,8 +8,21 @@ from .schedules import DiscreteSchedule
 from .solvers import SOLVERS, Solver, get_solver
 
 __all__ = [
-    "sample", "encode", "decode", "slerp", "plan", "integrate", "EpsModel", "Model",
-    "DiscreteSchedule", "SOLVERS", "GRIDS", "Solver", "get_solver", "Info", "Step",
+    "GRIDS",
+    "SOLVERS",
     "BudgetExceeded",
+    "DiscreteSchedule",
+    "EpsModel",
+    "Info",
+    "Model",
+    "Solver",
+    "Step",
+    "decode",
+    "encode",
+    "get_solver",
+    "integrate",
+    "plan",
+    "sample",
+    "slerp",
 ]  # fmt: skip
 __version__ = "0.1.0"

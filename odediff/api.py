@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,7 +12,7 @@ from .integrate import BudgetExceeded, Info, Step, integrate
 from .models import Model
 from .solvers import Solver, get_solver
 
-__all__ = ["sample", "encode", "decode", "slerp", "plan"]
+__all__ = ["decode", "encode", "plan", "sample", "slerp"]
 
 DEFAULT_NFE = 20
 

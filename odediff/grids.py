@@ -16,16 +16,16 @@ from torch import Tensor
 from .schedules import DiscreteSchedule
 
 __all__ = [
-    "GRIDS",
     "DEFAULT_GRID",
-    "uniform_t",
-    "power_t",
-    "quadratic_t",
+    "GRIDS",
+    "check_sigmas",
+    "from_timesteps",
     "karras",
     "log_snr",
-    "from_timesteps",
-    "check_sigmas",
     "make_grid",
+    "power_t",
+    "quadratic_t",
+    "uniform_t",
 ]
 
 Grid = Callable[..., Tensor]
@@ -98,7 +98,9 @@ def make_grid(schedule: DiscreteSchedule, n: int, grid: str | Grid | None = None
     return check_sigmas(fn(schedule, n, **options), schedule, "grid")
 
 
-def check_sigmas(sigmas: Sequence[float] | Tensor, schedule: DiscreteSchedule, name: str = "sigmas") -> Tensor:
+def check_sigmas(
+    sigmas: Sequence[float] | Tensor, schedule: DiscreteSchedule, name: str = "sigmas"
+) -> Tensor:
     """Validate an explicit grid: ≥ 2 finite values, strictly monotone, within [0, σ_max]."""
     s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten()
     if s.numel() < 2:

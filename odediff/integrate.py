@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .models import Model
 
-__all__ = ["CountedField", "BudgetExceeded", "Info", "Step", "integrate"]
+__all__ = ["BudgetExceeded", "CountedField", "Info", "Step", "integrate"]
 
 
 class BudgetExceeded(RuntimeError):
@@ -29,7 +29,9 @@ class CountedField:
     to the network's dtype and outputs back to the solver's working dtype.
     """
 
-    def __init__(self, model: Model, work_dtype: torch.dtype, net_dtype: torch.dtype, max_nfe: int | None = None):
+    def __init__(
+        self, model: Model, work_dtype: torch.dtype, net_dtype: torch.dtype, max_nfe: int | None = None
+    ):
         self.model = model
         self.sigma_min = model.schedule.sigma_min
         self.work_dtype = work_dtype
@@ -45,9 +47,7 @@ class CountedField:
         s = max(sigma, self.sigma_min)
         eps = self.model.eps(x if x.dtype == self.net_dtype else x.to(self.net_dtype), s)
         if eps.shape != x.shape:
-            raise ValueError(
-                f"model: ε has shape {tuple(eps.shape)}, expected the input's {tuple(x.shape)}"
-            )
+            raise ValueError(f"model: ε has shape {tuple(eps.shape)}, expected the input's {tuple(x.shape)}")
         if not torch.isfinite(eps).all():
             raise FloatingPointError(
                 f"model: returned NaN or Inf at step {self.step}, σ={sigma:.6g} (evaluation {self.nfe})"

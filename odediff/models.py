@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .schedules import DiscreteSchedule
 
-__all__ = ["Model", "EpsModel", "PREDICTIONS", "to_eps"]
+__all__ = ["PREDICTIONS", "EpsModel", "Model", "to_eps"]
 
 Prediction = Literal["epsilon", "sample", "v_prediction"]
 PREDICTIONS = ("epsilon", "sample", "v_prediction")

@@ -114,7 +114,9 @@ class DiscreteSchedule:
         lo = t.floor().long().clamp(max=self.T - 2)
         w = t - lo
         log_s = self.sigmas.log()
-        return torch.exp((1 - w) * log_s[lo] + w * log_s[lo + 1])
+        mixed = torch.exp((1 - w) * log_s[lo] + w * log_s[lo + 1])
+        # integer t gives the schedule's σ bit for bit
+        return torch.where(w == 0, self.sigmas[lo], torch.where(w == 1, self.sigmas[lo + 1], mixed))
 
     def t_of_sigma(self, sigma: float, snap: bool = False) -> float:
         """The real timestep whose σ(t) is ``sigma`` (clamped to [0, T−1]); rounded if ``snap``."""

@@ -11,8 +11,20 @@ from .rk import DOPRI5, EULER, HEUN, AdaptiveRungeKutta, Controller, RungeKutta,
 from .stochastic import DDIM
 
 __all__ = [
-    "SOLVERS", "get_solver", "Solver", "GridState", "RungeKutta", "AdaptiveRungeKutta",
-    "Controller", "Tableau", "EULER", "HEUN", "DOPRI5", "Adams", "DDIM", "TorchDiffEq",
+    "DDIM",
+    "DOPRI5",
+    "EULER",
+    "HEUN",
+    "SOLVERS",
+    "Adams",
+    "AdaptiveRungeKutta",
+    "Controller",
+    "GridState",
+    "RungeKutta",
+    "Solver",
+    "Tableau",
+    "TorchDiffEq",
+    "get_solver",
 ]  # fmt: skip
 
 SOLVERS: dict[str, Solver] = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -25,7 +25,7 @@ from .base import GridState, Solver, check_nfe
 __all__ = ["Adams", "ab_weights"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gauss_legendre(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
     return np.polynomial.legendre.leggauss(n)
 
@@ -104,7 +104,7 @@ class Adams(Solver):
     def step(self, field, xbar, state: GridState):
         i = state.index
         coeffs, history = state.memory
-        history = (field(xbar, state.sigmas[i]),) + history[: self.order - 1]
+        history = (field(xbar, state.sigmas[i]), *history[: self.order - 1])
         b = coeffs[i]
         out = xbar
         for bj, e in zip(b, history):

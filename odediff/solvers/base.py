@@ -14,7 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Solver", "GridState", "check_nfe"]
+__all__ = ["GridState", "Solver", "check_nfe"]
 
 
 class GridState(NamedTuple):

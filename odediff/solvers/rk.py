@@ -19,7 +19,7 @@ from torch import Tensor
 from ..integrate import BudgetExceeded
 from .base import GridState, Solver, check_nfe, touches_zero
 
-__all__ = ["Tableau", "EULER", "HEUN", "DOPRI5", "RungeKutta", "AdaptiveRungeKutta", "Controller"]
+__all__ = ["DOPRI5", "EULER", "HEUN", "AdaptiveRungeKutta", "Controller", "RungeKutta", "Tableau"]
 
 
 @dataclass(frozen=True)

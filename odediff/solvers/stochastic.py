@@ -11,6 +11,7 @@ Towards σ = 0 this is DDIM's σ_t(η) = η·sqrt((1−ᾱ')/(1−ᾱ))·sqrt(1�
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ class DDIM(Solver):
     def coefficients(self, sigmas: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
         """(c_ε, s) per step, so that x̄' = x̄ + c_ε·ε + s·z."""
         out = []
-        for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
+        for s0, s1 in itertools.pairwise(sigmas):
             s = self.eta * s1 * math.sqrt(abs(s0 * s0 - s1 * s1)) / max(s0, s1)
             out.append((math.sqrt(s1 * s1 - s * s) - s0, s))
         return tuple(out)
@@ -57,8 +58,6 @@ class DDIM(Solver):
         c_eps, s = state.memory[i]
         out = xbar.add(field(xbar, state.sigmas[i]), alpha=c_eps)
         if s > 0:
-            z = torch.randn(
-                xbar.shape, generator=state.generator, device=xbar.device, dtype=xbar.dtype
-            )
+            z = torch.randn(xbar.shape, generator=state.generator, device=xbar.device, dtype=xbar.dtype)
             out = out.add_(z, alpha=s)
         return out, state._replace(index=i + 1)

@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+
+from odediff import grids
+from odediff.schedules import DiscreteSchedule
+
+
+def test_sigma_t_inverse_and_interpolation():
+    s = DiscreteSchedule.linear()
+    t = torch.tensor([0.0, 0.25, 1.0, 17.5, 500.3, 998.9, 999.0], dtype=torch.float64)
+    sig = s.sigma_of_t(t)
+    back = torch.tensor([s.t_of_sigma(float(x)) for x in sig], dtype=torch.float64)
+    assert torch.allclose(back, t, atol=1e-9)
+    # integer t: σ(t) = sqrt((1−ᾱ)/ᾱ) exactly; halfway: geometric mean of neighbours
+    ac = s.alphas_cumprod
+    assert torch.allclose(s.sigma_of_t(torch.tensor(3.0)), ((1 - ac[3]) / ac[3]).sqrt(), rtol=1e-14)
+    mid = s.sigma_of_t(torch.tensor(3.5))
+    assert math.isclose(float(mid), math.sqrt(float(s.sigmas[3] * s.sigmas[4])), rel_tol=1e-13)
+    assert s.t_of_sigma(float(s.sigma_of_t(torch.tensor(3.4))), snap=True) == 3.0
+    assert s.t_of_sigma(1e-9) == 0.0 and s.t_of_sigma(1e9) == 999.0
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (DiscreteSchedule.linear(), dict(beta_schedule="linear")),
+        (DiscreteSchedule.scaled_linear(), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
+        (DiscreteSchedule.cosine(), dict(beta_schedule="squaredcos_cap_v2")),
+    ],
+)
+def test_schedules_match_diffusers(ours, theirs):
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, **theirs).alphas_cumprod.double()
+    assert torch.allclose(ours.alphas_cumprod, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_zero_terminal_snr_is_an_error_or_clamped():
+    ac = DiscreteSchedule.linear().alphas_cumprod.clone()
+    ac[-1] = 0.0
+    with pytest.raises(ValueError, match="terminal_alpha_cumprod"):
+        DiscreteSchedule(ac)
+    s = DiscreteSchedule(ac, terminal_alpha_cumprod=2**-24)
+    assert math.isfinite(s.sigma_max) and math.isclose(s.sigma_max, math.sqrt(2**24 - 1))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.tensor([0.9, 0.95, 0.5]), "strictly decreasing"),
+        (torch.tensor([1.5, 0.5]), r"\(0, 1\]"),
+        (torch.tensor([0.9]), "at least 2"),
+        (torch.tensor([0.9, float("nan")]), "NaN"),
+    ],
+)
+def test_bad_alphas_cumprod(bad, match):
+    with pytest.raises(ValueError, match=match):
+        DiscreteSchedule(bad)
+
+
+@pytest.mark.parametrize("name", sorted(grids.GRIDS))
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 37])
+def test_grid_shape(name, n):
+    s = DiscreteSchedule.linear()
+    g = grids.make_grid(s, n, name)
+    assert g.dtype == torch.float64 and g.numel() == n + 1
+    assert g[-1] == 0 and math.isclose(float(g[0]), s.sigma_max, rel_tol=1e-12)
+    assert (g[1:] < g[:-1]).all()
+    if n > 1:
+        assert math.isclose(float(g[-2]), s.sigma_min, rel_tol=1e-12)
+
+
+def test_grid_families():
+    s = DiscreteSchedule.linear()
+    t = torch.linspace(999, 0, 6, dtype=torch.float64)
+    assert torch.allclose(grids.uniform_t(s, 6)[:-1], s.sigma_of_t(t))
+    assert torch.allclose(grids.quadratic_t(s, 6)[:-1], s.sigma_of_t(999 * torch.linspace(1, 0, 6) ** 2))
+    ls = grids.log_snr(s, 6)[:-1].log()
+    assert torch.allclose(ls[1:] - ls[:-1], (ls[1] - ls[0]).expand(5))
+    k = grids.karras(s, 6, rho=7.0)[:-1] ** (1 / 7)
+    assert torch.allclose(k[1:] - k[:-1], (k[1] - k[0]).expand(5))
+    ts = [999, 899, 799, 0]
+    assert torch.equal(grids.from_timesteps(s, ts), torch.cat([s.sigmas[ts], torch.zeros(1, dtype=torch.float64)]))
+
+
+@pytest.mark.parametrize(
+    "sigmas, match",
+    [
+        ([10.0, 20.0, 5.0, 0.0], "monotone"),
+        ([10.0, 10.0, 0.0], "monotone"),
+        ([1e6, 1.0, 0.0], "within"),
+        ([1.0, -0.1], "within"),
+        ([1.0], "at least 2"),
+    ],
+)
+def test_bad_sigmas(sigmas, match):
+    with pytest.raises(ValueError, match=f"sigmas.*{match}"):
+        grids.check_sigmas(sigmas, DiscreteSchedule.linear())
+
+
+def test_bad_timesteps():
+    s = DiscreteSchedule.linear()
+    with pytest.raises(ValueError, match="timesteps.*decreasing"):
+        grids.from_timesteps(s, [10, 20])
+    with pytest.raises(ValueError, match="timesteps.*999"):
+        grids.from_timesteps(s, [1000, 20])
+    with pytest.raises(ValueError, match="grid: unknown grid 'nope'"):
+        grids.make_grid(s, 5, "nope")

@@ -1,0 +1,163 @@
+"""Orders of convergence, exact NFE budgets, round trips and the η family."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import odediff
+from odediff import grids
+from odediff.solvers import SOLVERS
+
+FIXED = [name for name, s in SOLVERS.items() if not s.adaptive]
+
+
+def noise64(*shape, seed=0):
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def slope(nfes, errs):
+    return -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
+
+
+def flow_error(model, solver, n, **opts):
+    """Max error of one solve from σ_max to σ_min (no final step) on a log-SNR grid."""
+    sig = grids.log_snr(model.schedule, n + 1)[:-1]
+    x = noise64(4, 16)
+    out, info = odediff.sample(model, x, solver=solver, sigmas=sig, return_info=True, **opts)
+    s0, s1 = float(sig[0]), float(sig[-1])
+    exact = model.flow(x * math.sqrt(1 + s0 * s0), s0, s1) / math.sqrt(1 + s1 * s1)
+    return info.nfe, (out - exact).abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "solver, opts, lo, hi",
+    [
+        ("euler", {}, 0.9, 1.1),
+        ("ddim", {}, 0.9, 1.1),
+        ("heun", {}, 1.85, 2.2),
+        ("adams", {"order": 2}, 1.85, 2.3),
+        ("adams", {"order": 3}, 2.8, 3.3),
+        ("adams", {}, 3.6, 4.5),
+        ("adams", {"variable": "log_sigma"}, 3.7, 4.5),
+        # constant-step weights on a non-uniform (here geometric) grid are only 2nd order
+        ("adams", {"weights": "fixed"}, 1.85, 2.3),
+    ],
+)
+def test_empirical_order(gauss, solver, opts, lo, hi):
+    res = [flow_error(gauss, solver, n, **opts) for n in (80, 160, 320)]
+    p = slope(*zip(*res))
+    assert lo <= p <= hi, (p, res)
+
+
+def test_rk45_error_follows_tolerance(gauss):
+    errs = []
+    for tol in (1e-4, 1e-6, 1e-8):
+        sig = torch.tensor([gauss.schedule.sigma_max, gauss.schedule.sigma_min], dtype=torch.float64)
+        x = noise64(4, 16)
+        out = odediff.sample(gauss, x, solver="rk45", sigmas=sig, rtol=tol, atol=tol)
+        s0, s1 = float(sig[0]), float(sig[1])
+        exact = gauss.flow(x * math.sqrt(1 + s0 * s0), s0, s1) / math.sqrt(1 + s1 * s1)
+        errs.append((out - exact).abs().max().item())
+    assert errs[0] > errs[1] > errs[2]
+    assert all(e < 100 * t for e, t in zip(errs, (1e-4, 1e-6, 1e-8))), errs
+
+
+@pytest.mark.parametrize("solver", FIXED)
+@pytest.mark.parametrize("grid", sorted(grids.GRIDS))
+def test_counted_nfe_equals_budget(gauss, solver, grid):
+    for nfe in (1, 2, 3, 4, 5, 6, 7, 10, 15, 20, 33):
+        gauss.calls = 0
+        _, info = odediff.sample(gauss, noise64(2, 4), solver=solver, nfe=nfe, grid=grid, return_info=True)
+        assert info.nfe == nfe == gauss.calls, (solver, grid, nfe, info.nfe, gauss.calls)
+
+
+@pytest.mark.parametrize("solver", ["rk45", "torchdiffeq:dopri5", "torchdiffeq:bosh3"])
+def test_adaptive_counts_and_never_exceeds_max_nfe(gauss, solver):
+    x = noise64(2, 4)
+    gauss.calls = 0
+    out, info = odediff.sample(gauss, x, solver=solver, rtol=1e-6, atol=1e-6, return_info=True)
+    assert info.nfe == gauss.calls > 10
+    ref = odediff.sample(gauss, x, solver="rk45", rtol=1e-10, atol=1e-10, max_nfe=20000)
+    assert (out - ref).abs().max().item() < 1e-3
+    gauss.calls = 0
+    with pytest.raises(odediff.BudgetExceeded, match="max_nfe"):
+        odediff.sample(gauss, x, solver=solver, rtol=1e-9, atol=1e-9, max_nfe=30)
+    assert gauss.calls <= 30
+
+
+@pytest.mark.parametrize("solver, order", [("euler", 1), ("heun", 2), ("adams", 3)])
+def test_round_trip_error_shrinks_at_order(gauss, solver, order):
+    x0 = gauss.mu + 0.5 * noise64(3, 16, seed=3)
+    errs, nfes = [], (30, 60, 120)
+    for n in nfes:
+        z = odediff.encode(gauss, x0, solver=solver, nfe=n, grid="log_snr")
+        back = odediff.decode(gauss, z, solver=solver, nfe=n, grid="log_snr")
+        errs.append((back - x0).abs().max().item())
+    assert slope(nfes, errs) >= order - 0.3, errs
+
+
+def test_encode_reaches_the_exact_latent(gauss):
+    """Encoding integrates the same ODE upwards: compare x_T with the closed-form flow."""
+    x0 = noise64(2, 8, seed=5)
+    z = odediff.encode(gauss, x0, solver="adams", nfe=400, grid="log_snr")
+    s = gauss.schedule
+    # leaving σ = 0 is one Euler step with ε evaluated at σ_min; then the exact flow upwards
+    sig1 = float(grids.log_snr(s, 400).flip(0)[1])
+    xb1 = x0 + sig1 * gauss.eps(x0, s.sigma_min)
+    exact = gauss.flow(xb1, sig1, s.sigma_max) / math.sqrt(1 + s.sigma_max**2)
+    assert (z - exact).abs().max().item() < 1e-5
+
+
+def test_fixed_and_exact_weights_agree_on_a_uniform_grid(gauss):
+    sig = torch.linspace(gauss.schedule.sigma_max, gauss.schedule.sigma_min, 30, dtype=torch.float64)
+    x = noise64(3, 8)
+    a = odediff.sample(gauss, x, solver="adams", weights="fixed", sigmas=sig)
+    b = odediff.sample(gauss, x, solver="adams", weights="exact", sigmas=sig)
+    assert (a - b).abs().max().item() < 1e-12
+
+
+def test_eta_zero_is_euler(gauss):
+    x = noise64(2, 8)
+    a = odediff.sample(gauss, x, solver="ddim", eta=0.0, nfe=12, grid="uniform_t")
+    b = odediff.sample(gauss, x, solver="euler", nfe=12, grid="uniform_t")
+    assert torch.equal(a, b)
+
+
+def test_eta_one_all_steps_is_ddpm_ancestral(tiny_net):
+    net = tiny_net.double()
+    sched = odediff.DiscreteSchedule.linear()
+    ac = sched.alphas_cumprod
+    betas = 1 - ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    x = noise64(2, 1, 8, 8, seed=7)
+    ts = list(range(999, -1, -1))
+    g = torch.Generator().manual_seed(11)
+    ref = x.clone()
+    with torch.no_grad():
+        for t in ts:  # Ho et al. (2020), Algorithm 2, with σ_t² = β̃_t
+            eps = net(ref, torch.full((2,), float(t), dtype=torch.float64))
+            mean = (ref - betas[t] / (1 - ac[t]).sqrt() * eps) / (1 - betas[t]).sqrt()
+            if t > 0:
+                var = (1 - ac[t - 1]) / (1 - ac[t]) * betas[t]
+                mean = mean + var.sqrt() * torch.randn(ref.shape, generator=g, dtype=torch.float64)
+            ref = mean
+        ours = odediff.sample(
+            odediff.EpsModel(net, ac), x, solver="ddim", eta=1.0, timesteps=ts,
+            generator=torch.Generator().manual_seed(11),
+        )  # fmt: skip
+    assert (ours - ref).abs().max().item() < 1e-9
+
+
+def test_eta_reproducible_and_forward_noising(gauss):
+    x = noise64(2, 8)
+    g = lambda: torch.Generator().manual_seed(4)
+    a = odediff.sample(gauss, x, solver="ddim", eta=0.5, nfe=10, generator=g())
+    b = odediff.sample(gauss, x, solver="ddim", eta=0.5, nfe=10, generator=g())
+    assert torch.equal(a, b)
+    # upwards with η = 1 is the forward process: x_T | x_0 ~ N(sqrt(ᾱ_T) x_0, 1 − ᾱ_T)
+    x0 = torch.full((20000, 1), 0.7, dtype=torch.float64)
+    z = odediff.encode(gauss, x0, solver="ddim", eta=1.0, nfe=3, generator=g())
+    aT = float(gauss.schedule.alphas_cumprod[-1])
+    assert abs(z.mean().item() - math.sqrt(aT) * 0.7) < 0.03
+    assert abs(z.var().item() - (1 - aT)) < 0.03
