@@ -31,6 +31,7 @@ class DiscreteSchedule:
     terminal_alpha_cumprod: float | None = None
     sigmas: Tensor = field(init=False, repr=False)
     _log_sigmas: list[float] = field(init=False, repr=False)
+    _bounds: tuple[float, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ac = torch.as_tensor(self.alphas_cumprod).detach().to("cpu", torch.float64).flatten()
@@ -62,6 +63,7 @@ class DiscreteSchedule:
         object.__setattr__(self, "alphas_cumprod", ac)
         object.__setattr__(self, "sigmas", sigmas)
         object.__setattr__(self, "_log_sigmas", sigmas.log().tolist())
+        object.__setattr__(self, "_bounds", (float(sigmas[0]), float(sigmas[-1])))
 
     # constructors -------------------------------------------------------------------------
     @classmethod
@@ -100,11 +102,11 @@ class DiscreteSchedule:
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigmas[0])
+        return self._bounds[0]
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
+        return self._bounds[1]
 
     def sigma_of_t(self, t: Tensor | float) -> Tensor:
         """σ(t) for real t ∈ [0, T−1], interpolating log σ linearly between integers."""
@@ -120,10 +122,12 @@ class DiscreteSchedule:
 
     def t_of_sigma(self, sigma: float, snap: bool = False) -> float:
         """The real timestep whose σ(t) is ``sigma`` (clamped to [0, T−1]); rounded if ``snap``."""
-        if sigma <= self.sigmas[0]:
-            return 0.0
         ls = self._log_sigmas
+        if sigma <= 0:
+            return 0.0
         x = math.log(sigma)
+        if x <= ls[0]:
+            return 0.0
         i = bisect.bisect_right(ls, x)
         if i >= len(ls):
             return float(self.T - 1)

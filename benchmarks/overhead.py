@@ -1,0 +1,92 @@
+"""Per-NFE solver overhead, odediff vs diffusers, side by side in one run.
+
+A near-free network (batch 1, 1×8×8, ε = x_t·0.5) on one thread makes the loop's own cost
+visible: overhead per NFE = (time of a whole solve − NFE × time of one bare network call) / NFE.
+
+    python benchmarks/overhead.py [--nfe 50] [--repeats 30] [--out out/overhead.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+
+import torch
+
+import odediff
+
+
+def net(x, t):
+    return 0.5 * x
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nfe", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--out", default="out/overhead.csv")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    x = torch.randn(1, 1, 8, 8)
+    t = torch.zeros(1)
+    sched = odediff.DiscreteSchedule.linear()
+    model = odediff.EpsModel(net, sched.alphas_cumprod)
+    per_call = best_time(lambda: [net(x, t) for _ in range(1000)], a.repeats) / 1000
+
+    rows = []
+
+    def record(name: str, fn, nfe: int) -> None:
+        total = best_time(fn, a.repeats)
+        rows.append((name, nfe, total / nfe * 1e6, (total - nfe * per_call) / nfe * 1e6))
+
+    for solver in ("euler", "adams", "heun", "ddim"):
+        record(f"odediff {solver}", lambda s=solver: odediff.sample(model, x, solver=s, nfe=a.nfe), a.nfe)
+
+    try:
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+        def run(s):
+            y = x
+            for ts in s.timesteps:
+                y = s.step(net(y, ts), ts, y).prev_sample
+            return y
+
+        for name, cls in (("diffusers DDIM", DDIMScheduler), ("diffusers DPMSolver++2M", DPMSolverMultistepScheduler)):
+            s = cls(num_train_timesteps=1000, beta_schedule="linear")
+
+            def solve(s=s):
+                s.set_timesteps(a.nfe)  # part of every sampling call, as in a pipeline
+                return run(s)
+
+            record(name, solve, a.nfe)
+    except ImportError:
+        print("diffusers not installed: no peer rows")
+
+    ref = {r[0]: r[3] for r in rows}.get("diffusers DDIM")
+    print(f"network call alone: {per_call * 1e6:.1f} µs; NFE per solve: {a.nfe}; best of {a.repeats}")
+    print(f"{'method':28s} {'µs/NFE':>8s} {'overhead µs/NFE':>16s} {'vs diffusers DDIM':>18s}")
+    for name, nfe, us, ov in rows:
+        ratio = f"{ov / ref:.2f}×" if ref else "-"
+        print(f"{name:28s} {us:8.1f} {ov:16.1f} {ratio:>18s}")
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    with open(a.out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "nfe", "us_per_nfe", "overhead_us_per_nfe", "ratio_vs_diffusers_ddim"])
+        for name, nfe, us, ov in rows:
+            w.writerow([name, nfe, f"{us:.2f}", f"{ov:.2f}", f"{ov / ref:.3f}" if ref else ""])
+
+
+if __name__ == "__main__":
+    main()
