@@ -63,7 +63,10 @@ def main() -> None:
                 y = s.step(net(y, ts), ts, y).prev_sample
             return y
 
-        for name, cls in (("diffusers DDIM", DDIMScheduler), ("diffusers DPMSolver++2M", DPMSolverMultistepScheduler)):
+        for name, cls in (
+            ("diffusers DDIM", DDIMScheduler),
+            ("diffusers DPMSolver++2M", DPMSolverMultistepScheduler),
+        ):
             s = cls(num_train_timesteps=1000, beta_schedule="linear")
 
             def solve(s=s):

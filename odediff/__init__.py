@@ -1,5 +1,6 @@
 """odediff: diffusion sampling as solving the probability-flow ODE dx̄/dσ = ε(x̄, σ)."""
 
+from .adapters import Guided, from_denoiser, from_diffusers, to_denoiser
 from .api import decode, encode, plan, sample, slerp
 from .grids import GRIDS
 from .integrate import BudgetExceeded, Info, Step, integrate

@@ -70,7 +70,7 @@ def log_snr(schedule: DiscreteSchedule, n: int) -> Tensor:
 def from_timesteps(schedule: DiscreteSchedule, timesteps: Sequence[float] | Tensor) -> Tensor:
     """σ(t_i) for the given (decreasing) timesteps, then 0 — e.g. a diffusers scheduler's
     ``timesteps``, giving its DDIM grid with ``set_alpha_to_one=True``."""
-    t = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).flatten()
+    t = torch.as_tensor(timesteps, dtype=torch.float64).detach().cpu().flatten()
     if t.numel() == 0:
         raise ValueError("timesteps: expected at least one timestep")
     if (t < 0).any() or (t > schedule.T - 1).any():
@@ -102,7 +102,7 @@ def check_sigmas(
     sigmas: Sequence[float] | Tensor, schedule: DiscreteSchedule, name: str = "sigmas"
 ) -> Tensor:
     """Validate an explicit grid: ≥ 2 finite values, strictly monotone, within [0, σ_max]."""
-    s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten()
+    s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().flatten()
     if s.numel() < 2:
         raise ValueError(f"{name}: expected at least 2 noise levels, got {s.numel()}")
     if not torch.isfinite(s).all():

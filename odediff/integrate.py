@@ -96,7 +96,9 @@ def integrate(
     x̄ = x·sqrt(1+σ²) is what the solver carries; the result is x̄/sqrt(1+σ_end²).
     """
     in_dtype = x.dtype
-    work_dtype = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+    # x̄ = x·sqrt(1+σ²) spans σ_max/σ_min in scale: float32 would lose digits ∝ σ_max, so the
+    # state is float64 (elementwise work only; the network still runs in its own dtype)
+    work_dtype = torch.float32 if x.device.type == "mps" else torch.float64
     net = getattr(model, "parameters_like", lambda: None)()
     net_dtype = net[1] if net is not None else work_dtype
     fld = CountedField(model, work_dtype, net_dtype, max_nfe)

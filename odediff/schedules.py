@@ -34,7 +34,7 @@ class DiscreteSchedule:
     _bounds: tuple[float, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        ac = torch.as_tensor(self.alphas_cumprod).detach().to("cpu", torch.float64).flatten()
+        ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).detach().cpu().flatten()
         if ac.numel() < 2:
             raise ValueError(f"alphas_cumprod: expected at least 2 values, got {ac.numel()}")
         if not torch.isfinite(ac).all():
@@ -43,8 +43,8 @@ class DiscreteSchedule:
             if self.terminal_alpha_cumprod is None:
                 raise ValueError(
                     "alphas_cumprod: the last value is 0 (zero terminal SNR, σ_max = ∞); pass "
-                    "terminal_alpha_cumprod=2**-24 (or another small positive value) to use it "
-                    "in place of that 0"
+                    f"terminal_alpha_cumprod in (0, {float(ac[-2]):.3g}) (e.g. {float(ac[-2]) / 4:.3g}) "
+                    "to use it in place of that 0"
                 )
             if not 0 < self.terminal_alpha_cumprod < ac[-2]:
                 raise ValueError(

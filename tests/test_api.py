@@ -18,7 +18,7 @@ def test_info_callback_and_progress(gauss, capsys):
     assert torch.equal(info.sigmas, odediff.plan(gauss, odediff.get_solver("heun"), nfe=9))
     assert [s.index for s in seen] == list(range(5))
     assert [s.sigma for s in seen] == info.sigmas[1:].tolist()
-    assert seen[-1].nfe == 9 and torch.equal(seen[-1].xbar, out)  # σ = 0: x̄ = x
+    assert seen[-1].nfe == 9 and torch.equal(seen[-1].xbar.to(out.dtype), out)  # σ = 0: x̄ = x
 
 
 def test_partial_grid_starts_below_sigma_max(gauss):
@@ -34,9 +34,23 @@ def test_partial_grid_starts_below_sigma_max(gauss):
 def test_half_precision_noise(gauss, dtype):
     x = torch.randn(2, 16)
     out = odediff.sample(gauss, x.to(dtype), solver="adams", nfe=10)
-    ref = odediff.sample(gauss, x.to(dtype).float(), solver="adams", nfe=10)
+    ref = odediff.sample(gauss, x.to(dtype).double(), solver="adams", nfe=10)
     assert out.dtype == dtype
-    assert torch.equal(out, ref.to(dtype))  # arithmetic in float32, rounded once at the end
+    assert torch.equal(out, ref.to(dtype))  # solver arithmetic in float64, rounded once at the end
+
+
+def test_float32_state_keeps_its_digits_at_large_sigma_max():
+    """σ_max = 4096 (zero terminal SNR clamped): float32 noise must give the float64 answer to
+    float32 round-off, although x̄ = 4096·x_T."""
+    from conftest import GaussianData
+
+    ac = odediff.DiscreteSchedule.scaled_linear().alphas_cumprod.clone()
+    ac[-1] = 0
+    g = GaussianData(schedule=odediff.DiscreteSchedule(ac, terminal_alpha_cumprod=2**-24))
+    x = torch.randn(4, 64, dtype=torch.float64)
+    a = odediff.sample(g, x.float(), solver="euler", nfe=10, grid="uniform_t")
+    b = odediff.sample(g, x, solver="euler", nfe=10, grid="uniform_t")
+    assert (a.double() - b).abs().max().item() < 1e-6
 
 
 @pytest.mark.parametrize(
@@ -92,7 +106,11 @@ class Bad:
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        (dict(solver="nope"), ValueError, r"solver: unknown solver 'nope'; expected one of \['adams', 'ddim'"),
+        (
+            dict(solver="nope"),
+            ValueError,
+            r"solver: unknown solver 'nope'; expected one of \['adams', 'ddim'",
+        ),
         (dict(solver="torchdiffeq:nope"), ValueError, "unknown torchdiffeq method"),
         (dict(nfe=0), ValueError, "nfe: .*≥ 1"),
         (dict(nfe=2.5), ValueError, "nfe: "),
@@ -122,7 +140,9 @@ def test_bad_inputs(gauss, tiny_net):
     with pytest.raises(TypeError, match="model: expected an odediff model"):
         odediff.sample(tiny_net, torch.randn(2, 1, 8, 8))
     model = odediff.EpsModel(tiny_net, odediff.DiscreteSchedule.linear())
-    with pytest.raises(TypeError, match=r"noise: dtype torch.float64 but the network's parameters are torch.float32"):
+    with pytest.raises(
+        TypeError, match=r"noise: dtype torch.float64 but the network's parameters are torch.float32"
+    ):
         odediff.sample(model, torch.randn(2, 1, 8, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="noise: on meta but the network is on cpu"):
         odediff.sample(model, torch.randn(2, 1, 8, 8, device="meta"))

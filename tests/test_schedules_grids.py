@@ -26,7 +26,10 @@ def test_sigma_t_inverse_and_interpolation():
     "ours, theirs",
     [
         (DiscreteSchedule.linear(), dict(beta_schedule="linear")),
-        (DiscreteSchedule.scaled_linear(), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
+        (
+            DiscreteSchedule.scaled_linear(),
+            dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        ),
         (DiscreteSchedule.cosine(), dict(beta_schedule="squaredcos_cap_v2")),
     ],
 )
@@ -81,7 +84,9 @@ def test_grid_families():
     k = grids.karras(s, 6, rho=7.0)[:-1] ** (1 / 7)
     assert torch.allclose(k[1:] - k[:-1], (k[1] - k[0]).expand(5))
     ts = [999, 899, 799, 0]
-    assert torch.equal(grids.from_timesteps(s, ts), torch.cat([s.sigmas[ts], torch.zeros(1, dtype=torch.float64)]))
+    assert torch.equal(
+        grids.from_timesteps(s, ts), torch.cat([s.sigmas[ts], torch.zeros(1, dtype=torch.float64)])
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,3 +112,15 @@ def test_bad_timesteps():
         grids.from_timesteps(s, [1000, 20])
     with pytest.raises(ValueError, match="grid: unknown grid 'nope'"):
         grids.make_grid(s, 5, "nope")
+
+
+def test_python_lists_keep_float64():
+    s = DiscreteSchedule.linear()
+    g = grids.check_sigmas([s.sigma_max, 1.0 / 3.0, 0.0], s)
+    assert g[0].item() == s.sigma_max and g[1].item() == 1.0 / 3.0
+    assert (
+        grids.from_timesteps(s, [998.7, 3.3])[0].item()
+        == s.sigma_of_t(torch.tensor(998.7, dtype=torch.float64)).item()
+    )
+    ac = s.alphas_cumprod.tolist()
+    assert torch.equal(DiscreteSchedule(ac).alphas_cumprod, s.alphas_cumprod)
