@@ -17,16 +17,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .models import PREDICTIONS, EpsModel, Model
+from .models import PREDICTIONS, EpsModel, Model, parameters_like
 from .schedules import DiscreteSchedule
 
 __all__ = ["Denoiser", "DenoiserModel", "Guided", "from_denoiser", "from_diffusers", "to_denoiser"]
-
-
-def _parameters_like(net) -> tuple[torch.device, torch.dtype] | None:
-    params = getattr(net, "parameters", None)
-    p = None if params is None else next(iter(params()), None)
-    return None if p is None else (p.device, p.dtype)
 
 
 def _as_schedule(schedule, name: str) -> DiscreteSchedule:
@@ -109,7 +103,7 @@ class DenoiserModel:
 
     def parameters_like(self) -> tuple[torch.device, torch.dtype] | None:
         """(device, dtype) of the denoiser's first parameter, if it has any."""
-        return _parameters_like(self.net)
+        return parameters_like(self.net)
 
 
 def from_denoiser(
@@ -270,4 +264,4 @@ class Guided:
 
     def parameters_like(self) -> tuple[torch.device, torch.dtype] | None:
         """(device, dtype) of the network's first parameter, if it has any."""
-        return _parameters_like(self.model.net)
+        return parameters_like(self.model.net)

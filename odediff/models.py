@@ -96,8 +96,11 @@ class EpsModel:
 
     def parameters_like(self) -> tuple[torch.device, torch.dtype] | None:
         """(device, dtype) of the network's first parameter, if it has any."""
-        params = getattr(self.net, "parameters", None)
-        if params is None:
-            return None
-        p = next(iter(params()), None)
-        return None if p is None else (p.device, p.dtype)
+        return parameters_like(self.net)
+
+
+def parameters_like(net: object) -> tuple[torch.device, torch.dtype] | None:
+    """(device, dtype) of a network's first parameter, or None for parameter-free callables."""
+    params = getattr(net, "parameters", None)
+    p = None if params is None else next(iter(params()), None)
+    return None if p is None else (p.device, p.dtype)
