@@ -87,7 +87,7 @@ GRIDS: dict[str, Grid] = {
     "karras": karras,
     "log_snr": log_snr,
 }
-DEFAULT_GRID = "karras"
+DEFAULT_GRID = "quadratic_t"
 
 
 def make_grid(schedule: DiscreteSchedule, n: int, grid: str | Grid | None = None, **options) -> Tensor:

@@ -63,7 +63,7 @@ class Adams(Solver):
 
     order: int = 4
     variable: Literal["sigma", "log_sigma"] = "sigma"
-    weights: Literal["exact", "fixed"] = "exact"
+    weights: Literal["exact", "fixed"] = "fixed"
     name: str = "adams"
 
     def __post_init__(self) -> None:
