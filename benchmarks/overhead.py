@@ -80,7 +80,7 @@ def main() -> None:
     ref = {r[0]: r[3] for r in rows}.get("diffusers DDIM")
     print(f"network call alone: {per_call * 1e6:.1f} µs; NFE per solve: {a.nfe}; best of {a.repeats}")
     print(f"{'method':28s} {'µs/NFE':>8s} {'overhead µs/NFE':>16s} {'vs diffusers DDIM':>18s}")
-    for name, nfe, us, ov in rows:
+    for name, _, us, ov in rows:
         ratio = f"{ov / ref:.2f}×" if ref else "-"
         print(f"{name:28s} {us:8.1f} {ov:16.1f} {ratio:>18s}")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)

@@ -9,21 +9,8 @@ from .schedules import DiscreteSchedule
 from .solvers import SOLVERS, Solver, get_solver
 
 __all__ = [
-    "GRIDS",
-    "SOLVERS",
-    "BudgetExceeded",
-    "DiscreteSchedule",
-    "EpsModel",
-    "Info",
-    "Model",
-    "Solver",
-    "Step",
-    "decode",
-    "encode",
-    "get_solver",
-    "integrate",
-    "plan",
-    "sample",
-    "slerp",
+    "GRIDS", "SOLVERS", "BudgetExceeded", "DiscreteSchedule", "EpsModel", "Guided", "Info", "Model",
+    "Solver", "Step", "decode", "encode", "from_denoiser", "from_diffusers", "get_solver", "integrate",
+    "plan", "sample", "slerp", "to_denoiser",
 ]  # fmt: skip
 __version__ = "0.1.0"

@@ -31,7 +31,8 @@ def _sample(a: argparse.Namespace) -> None:
             generator=g, progress=True, return_info=True,
         )  # fmt: skip
     save_grid(x, a.out)
-    print(f"{a.n} samples of {a.model} with {info.solver}, {info.nfe} NFE, {time.perf_counter() - t0:.1f} s -> {a.out}")
+    secs = time.perf_counter() - t0
+    print(f"{a.n} samples of {a.model} with {info.solver}, {info.nfe} NFE, {secs:.1f} s -> {a.out}")
 
 
 def _demo(a: argparse.Namespace) -> None:

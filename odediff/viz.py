@@ -16,8 +16,8 @@ def image_grid(x: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
     ncol = math.ceil(n / nrow)
     out = torch.ones(ncol * (h + pad) + pad, nrow * (w + pad) + pad, c)
     for i in range(n):
-        r, q = divmod(i, nrow)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = x[i]
+        top, left = (pad + k * (size + pad) for k, size in zip(divmod(i, nrow), (h, w)))
+        out[top : top + h, left : left + w] = x[i]
     return out
 
 
@@ -29,4 +29,5 @@ def save_grid(x: Tensor, path: str, nrow: int | None = None, scale: int = 4) -> 
     import matplotlib.pyplot as plt
 
     img = image_grid(x, nrow).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    plt.imsave(path, img.squeeze(-1).numpy() if img.shape[-1] == 1 else img.numpy(), cmap="gray", vmin=0, vmax=1)
+    img = img.squeeze(-1) if img.shape[-1] == 1 else img
+    plt.imsave(path, img.numpy(), cmap="gray", vmin=0, vmax=1)
