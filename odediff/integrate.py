@@ -100,7 +100,7 @@ def integrate(
     # state is float64 (elementwise work only; the network still runs in its own dtype)
     work_dtype = torch.float32 if x.device.type == "mps" else torch.float64
     net = getattr(model, "parameters_like", lambda: None)()
-    net_dtype = net[1] if net is not None else work_dtype
+    net_dtype = net[1] if net is not None else in_dtype  # a bare callable sees the caller's dtype
     fld = CountedField(model, work_dtype, net_dtype, max_nfe)
 
     s0, s1 = float(sigmas[0]), float(sigmas[-1])
