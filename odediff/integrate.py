@@ -26,15 +26,13 @@ class CountedField:
     """ε(x̄, σ) of a model, counting calls and checking what the network returns.
 
     σ below σ_min is evaluated at σ_min (the model does not exist below it). Inputs are cast
-    to the network's dtype and outputs back to the solver's working dtype.
+    to the network's dtype; ε is returned as the network gave it, and each solver update
+    x̄ + h·ε promotes it to the float64 state within the same operation.
     """
 
-    def __init__(
-        self, model: Model, work_dtype: torch.dtype, net_dtype: torch.dtype, max_nfe: int | None = None
-    ):
+    def __init__(self, model: Model, net_dtype: torch.dtype, max_nfe: int | None = None):
         self.model = model
         self.sigma_min = model.schedule.sigma_min
-        self.work_dtype = work_dtype
         self.net_dtype = net_dtype
         self.max_nfe = max_nfe
         self.nfe = 0
@@ -48,11 +46,11 @@ class CountedField:
         eps = self.model.eps(x if x.dtype == self.net_dtype else x.to(self.net_dtype), s)
         if eps.shape != x.shape:
             raise ValueError(f"model: ε has shape {tuple(eps.shape)}, expected the input's {tuple(x.shape)}")
-        if not torch.isfinite(eps).all():
+        if not math.isfinite(eps.detach().sum()):  # one reduction: NaN and ±Inf survive a sum
             raise FloatingPointError(
                 f"model: returned NaN or Inf at step {self.step}, σ={sigma:.6g} (evaluation {self.nfe})"
             )
-        return eps if eps.dtype == self.work_dtype else eps.to(self.work_dtype)
+        return eps  # in the network's dtype: the solvers' updates promote it to the state's
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ def integrate(
     work_dtype = torch.float32 if x.device.type == "mps" else torch.float64
     net = getattr(model, "parameters_like", lambda: None)()
     net_dtype = net[1] if net is not None else in_dtype  # a bare callable sees the caller's dtype
-    fld = CountedField(model, work_dtype, net_dtype, max_nfe)
+    fld = CountedField(model, net_dtype, max_nfe)
 
     s0, s1 = float(sigmas[0]), float(sigmas[-1])
     xbar = x.to(work_dtype) * math.sqrt(1 + s0 * s0)  # a new tensor: the input is never touched

@@ -19,7 +19,7 @@ from .api import sample
 from .integrate import CountedField
 from .models import Model
 
-__all__ = ["reference_solve", "nfe_error_rows", "plot_nfe_error", "markdown_table"]
+__all__ = ["markdown_table", "nfe_error_rows", "plot_nfe_error", "reference_solve"]
 
 
 def reference_solve(
@@ -32,11 +32,11 @@ def reference_solve(
 
     s = model.schedule
     x = noise.detach().to(torch.float64)
-    fld = CountedField(model, torch.float64, torch.float64)
+    fld = CountedField(model, torch.float64)
     shape = x.shape
 
     def f(sigma: float, y: np.ndarray) -> np.ndarray:
-        return fld(torch.from_numpy(y).view(shape), float(sigma)).numpy().ravel()
+        return fld(torch.from_numpy(y).view(shape), float(sigma)).double().numpy().ravel()
 
     y0 = (x * math.sqrt(1 + s.sigma_max**2)).numpy().ravel()
     sol = solve_ivp(f, (s.sigma_max, s.sigma_min), y0, method="DOP853", rtol=rtol, atol=atol)

@@ -106,7 +106,7 @@ class Adams(Solver):
         coeffs, history = state.memory
         history = (field(xbar, state.sigmas[i]), *history[: self.order - 1])
         b = coeffs[i]
-        out = xbar
-        for bj, e in zip(b, history):
-            out = out.add(e, alpha=bj)
+        out = xbar.add(history[0], alpha=b[0])  # a new tensor; the rest accumulates into it
+        for bj, e in zip(b[1:], history[1:]):
+            out.add_(e, alpha=bj)
         return out, state._replace(index=i + 1, memory=(coeffs, history))

@@ -63,7 +63,7 @@ class TorchDiffEq(Solver):
             j += 1
         t = torch.tensor(sig[i : j + 1], dtype=xbar.dtype, device=xbar.device)
         sol = odeint(
-            lambda s, x: fld(x, float(s)), xbar, t,
+            lambda s, x: fld(x, float(s)).to(x.dtype), xbar, t,
             method=self.method, rtol=self.rtol, atol=self.atol, options=dict(self.options) or None,
         )  # fmt: skip
         return sol[-1], state._replace(index=j)

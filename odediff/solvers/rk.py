@@ -59,11 +59,11 @@ DOPRI5 = Tableau(
 
 def _combine(x: Tensor, h: float, weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
     """x + h Σ w_j k_j, skipping zero weights; always a new tensor."""
-    out = x
+    out = None
     for w, k in zip(weights, ks):
         if w != 0.0:
-            out = torch.add(out, k, alpha=h * w)
-    return out if out is not x else x.clone()
+            out = torch.add(x, k, alpha=h * w) if out is None else out.add_(k, alpha=h * w)
+    return x.clone() if out is None else out
 
 
 def _stages(tab: Tableau, field, x: Tensor, s0: float, h: float, k0: Tensor | None = None) -> list[Tensor]:
