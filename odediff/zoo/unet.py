@@ -81,10 +81,8 @@ class UNet(nn.Module):
             if i < len(widths) - 1:
                 self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
         self.mid = block(c, c)
-        self.upsample = nn.ModuleList()
         self.up = nn.ModuleList()
         for w in reversed(widths[:-1]):
-            self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
             self.up.append(block(c + w, w))
             c = w
         self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, channels, 3, padding=1))
@@ -102,7 +100,8 @@ class UNet(nn.Module):
                 skips.append(h)
                 h = self.downsample[i](h)
         h = self.mid(h, emb)
-        for upsample, block in zip(self.upsample, self.up):
-            h = upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        for block in self.up:
+            # nearest-neighbour upsampling; the block's first conv does the mixing
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
