@@ -80,6 +80,9 @@ def plot_nfe_error(rows: list[dict[str, Any]], path: str, title: str = "") -> No
     for label in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r["nfe"], r["rmse"]) for r in rows if r["method"] == label)
         ax.loglog(*zip(*pts), marker="o", ms=3, label=label)
+    ticks = sorted({r["nfe"] for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("network evaluations (counted)")
     ax.set_ylabel("RMSE of x₀ vs float64 reference")
     ax.set_title(title)
