@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import odediff
@@ -63,3 +64,12 @@ def test_loaded_model_samples():
     # fractional t (off the integer grid) is accepted by the network
     t = torch.tensor([0.5, 10.25, 500.7, 998.9])
     assert torch.isfinite(model.net(x, t)).all()
+
+
+def test_unknown_zoo_name_lists_what_exists():
+    from odediff.zoo import load
+
+    with pytest.raises(
+        ValueError, match=r"name: unknown built-in model 'cifar'; expected one of \['digits', 'gmm-digits'\]"
+    ):
+        load("cifar")
