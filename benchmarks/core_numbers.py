@@ -69,9 +69,9 @@ def orders() -> None:
         "euler": {}, "heun": {}, "ddim (eta=0)": {"solver": "ddim"},
         "adams order 2, exact": {"order": 2, "weights": "exact"},
         "adams order 3, exact": {"order": 3, "weights": "exact"},
-        "adams order 4, exact": {"weights": "exact"},
-        "adams order 4, exact, log σ": {"weights": "exact", "variable": "log_sigma"},
-        "adams order 4, fixed": {"weights": "fixed"},
+        "adams order 4, exact": {"order": 4, "weights": "exact"},
+        "adams order 4, exact, log σ": {"order": 4, "weights": "exact", "variable": "log_sigma"},
+        "adams order 4, fixed": {"order": 4, "weights": "fixed"},
     }  # fmt: skip
     print("fitted order (slope of log error vs log NFE), float64, NFE 80..320, log-SNR grid:")
     for label, opts in cases.items():

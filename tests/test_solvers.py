@@ -39,8 +39,8 @@ def flow_error(model, solver, n, **opts):
         ("heun", {}, 1.85, 2.2),
         ("adams", {"order": 2, "weights": "exact"}, 1.85, 2.3),
         ("adams", {"order": 3, "weights": "exact"}, 2.8, 3.3),
-        ("adams", {"weights": "exact"}, 3.6, 4.5),
-        ("adams", {"variable": "log_sigma", "weights": "exact"}, 3.7, 4.5),
+        ("adams", {"order": 4, "weights": "exact"}, 3.6, 4.5),
+        ("adams", {"order": 4, "variable": "log_sigma", "weights": "exact"}, 3.7, 4.5),
         # constant-step weights on a non-uniform (here geometric) grid are only 2nd order
         ("adams", {"weights": "fixed"}, 1.85, 2.3),
     ],
@@ -101,7 +101,7 @@ def test_round_trip_error_shrinks_at_order(gauss, solver, order):
 def test_encode_reaches_the_exact_latent(gauss):
     """Encoding integrates the same ODE upwards: compare x_T with the closed-form flow."""
     x0 = noise64(2, 8, seed=5)
-    z = odediff.encode(gauss, x0, solver="adams", weights="exact", nfe=400, grid="log_snr")
+    z = odediff.encode(gauss, x0, solver="adams", order=4, weights="exact", nfe=400, grid="log_snr")
     s = gauss.schedule
     # leaving σ = 0 is one Euler step with ε evaluated at σ_min; then the exact flow upwards
     sig1 = float(grids.log_snr(s, 400).flip(0)[1])

@@ -61,7 +61,7 @@ def ab_weights(nodes: list[float], u_next: float, variable: str) -> list[float]:
 class Adams(Solver):
     """Adams–Bashforth of order ≤ ``order`` (1–4) with coefficients for the actual grid."""
 
-    order: int = 4
+    order: int = 3
     variable: Literal["sigma", "log_sigma"] = "sigma"
     weights: Literal["exact", "fixed"] = "fixed"
     name: str = "adams"
