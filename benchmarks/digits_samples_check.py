@@ -34,5 +34,5 @@ for solver, nfe in [("adams", 10), ("euler", 50)]:
         nfe,
         "histogram",
         np.bincount(p.argmax(1), minlength=10).tolist(),
-        "mean confidence %.3f" % p.max(1).mean(),
+        f"mean confidence {p.max(1).mean():.3f}",
     )
