@@ -42,7 +42,8 @@ def peers() -> dict:
         "diffusers DDIM": (d.DDIMScheduler, dict(trailing, set_alpha_to_one=True, clip_sample=False)),
         "diffusers PNDM": (d.PNDMScheduler, dict(trailing, skip_prk_steps=True, set_alpha_to_one=True)),
         "diffusers LMS": (d.LMSDiscreteScheduler, trailing),
-        "diffusers Heun": (d.HeunDiscreteScheduler, trailing),
+        # HeunDiscreteScheduler is left out until its driver here is validated: driven like the
+        # others it gave a flat RMSE of 0.15 from NFE 5 to 100, a sign of a mismatch, not of Heun.
         "diffusers DPM++2M": (d.DPMSolverMultistepScheduler, dict(dpm, solver_order=2)),
         "diffusers DPM++3M": (d.DPMSolverMultistepScheduler, dict(dpm, solver_order=3)),
         "diffusers DPM++3M karras": (
@@ -109,7 +110,7 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
     plot_nfe_error(
-        rows, os.path.join(a.out, "nfe_vs_error.png"), "Gaussian-mixture digits: RMSE of x₀ vs NFE"
+        rows, os.path.join(a.out, "nfe_vs_error.png"), "Gaussian-mixture digits: RMSE of x₀ vs NFE", NFES
     )
     table = markdown_table(rows, NFES)
     open(os.path.join(a.out, "nfe_vs_error.md"), "w").write(table + "\n")

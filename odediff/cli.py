@@ -56,7 +56,9 @@ def _demo(a: argparse.Namespace) -> None:
     truth, ref_nfe = reference_solve(gmm, noise)
     nfes = (5, 8, 10, 15, 20, 30, 50)
     rows = nfe_error_rows(gmm, noise, truth, DEMO_METHODS, nfes)
-    plot_nfe_error(rows, os.path.join(a.out, "nfe_error.png"), "Gaussian-mixture digits: exact ε, 32 noises")
+    plot_nfe_error(
+        rows, os.path.join(a.out, "nfe_error.png"), "Gaussian-mixture digits: exact ε, 32 noises", nfes
+    )
     print(f"reference: scipy DOP853 at rtol=atol=1e-10, {ref_nfe} NFE; RMSE of x0:")
     print(markdown_table(rows, nfes))
     print(f"-> {a.out}/nfe_error.png")

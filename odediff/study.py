@@ -69,18 +69,24 @@ def nfe_error_rows(
     return rows
 
 
-def plot_nfe_error(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
-    """Log-log error vs NFE, one line per method."""
+def plot_nfe_error(
+    rows: list[dict[str, Any]], path: str, title: str = "", ticks: Iterable[int] | None = None
+) -> None:
+    """Log-log error vs NFE, one line per method; methods whose label starts with "odediff" solid,
+    others dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for label in dict.fromkeys(r["method"] for r in rows):
+    labels = list(dict.fromkeys(r["method"] for r in rows))
+    colors = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for i, label in enumerate(labels):
         pts = sorted((r["nfe"], r["rmse"]) for r in rows if r["method"] == label)
-        ax.loglog(*zip(*pts), marker="o", ms=3, label=label)
-    ticks = sorted({r["nfe"] for r in rows})
+        style = "--" if not label.startswith("odediff") and "odediff" in " ".join(labels) else "-"
+        ax.loglog(*zip(*pts), style, marker="o", ms=3, color=colors[i % len(colors)], label=label)
+    ticks = sorted(set(ticks) if ticks is not None else {r["nfe"] for r in rows})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("network evaluations (counted)")
