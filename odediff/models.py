@@ -83,7 +83,8 @@ class EpsModel:
     def eps(self, xbar: Tensor, sigma: float) -> Tensor:
         x_t = xbar / math.sqrt(1 + sigma * sigma)
         t = self.schedule.t_of_sigma(sigma, snap=self.snap_timesteps)
-        t_batch = torch.full((xbar.shape[0],), t, dtype=xbar.dtype, device=xbar.device)
+        t_dtype = torch.float64 if xbar.dtype == torch.float64 else torch.float32  # half would round t
+        t_batch = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
         out = self.net(x_t, t_batch, **self.net_kwargs)
         if not isinstance(out, Tensor):  # e.g. diffusers' UNet2DOutput
             out = out.sample if hasattr(out, "sample") else out[0]

@@ -189,3 +189,17 @@ def test_parameter_free_network_sees_the_input_dtype(tiny_net):
     with torch.no_grad():
         out = odediff.sample(model, torch.randn(2, 1, 8, 8), solver="heun", nfe=5)
     assert out.dtype == torch.float32 and set(seen) == {torch.float32}
+
+
+def test_half_precision_network_gets_exact_fractional_timesteps():
+    seen = []
+
+    def net(x_t, t):
+        seen.append((x_t.dtype, t.dtype, float(t[0])))
+        return x_t
+
+    sched = odediff.DiscreteSchedule.linear()
+    model = odediff.EpsModel(net, sched)
+    sigma = float(sched.sigma_of_t(torch.tensor(998.3, dtype=torch.float64)))
+    model.eps(torch.zeros(2, 3, dtype=torch.float16), sigma)
+    assert seen[0][:2] == (torch.float16, torch.float32) and abs(seen[0][2] - 998.3) < 1e-3
