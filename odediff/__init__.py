@@ -4,12 +4,13 @@ from .adapters import Guided, from_denoiser, from_diffusers, to_denoiser
 from .api import decode, encode, plan, sample, slerp
 from .grids import GRIDS
 from .integrate import BudgetExceeded, Info, Step, integrate
+from .latent import Latent
 from .models import EpsModel, Model
 from .schedules import DiscreteSchedule
 from .solvers import SOLVERS, Solver, get_solver
 
 __all__ = [
-    "GRIDS", "SOLVERS", "BudgetExceeded", "DiscreteSchedule", "EpsModel", "Guided", "Info", "Model",
+    "GRIDS", "SOLVERS", "BudgetExceeded", "DiscreteSchedule", "EpsModel", "Guided", "Info", "Latent", "Model",
     "Solver", "Step", "decode", "encode", "from_denoiser", "from_diffusers", "get_solver", "integrate",
     "plan", "sample", "slerp", "to_denoiser",
 ]  # fmt: skip

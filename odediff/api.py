@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -9,6 +10,7 @@ from torch import Tensor
 
 from .grids import Grid, check_sigmas, from_timesteps, make_grid
 from .integrate import BudgetExceeded, Info, Step, integrate
+from .latent import Latent
 from .models import Model
 from .solvers import Solver, get_solver
 
@@ -69,10 +71,10 @@ def _check_input(model: Model, x: Tensor, name: str) -> None:
 
 def _solve(
     model: Model,
-    x: Tensor,
+    x: Tensor | Latent,
     name: str,
     reverse: bool,
-    solver: str | Solver,
+    solver: str | Solver | None,
     nfe: int | None,
     sigmas,
     timesteps,
@@ -82,15 +84,20 @@ def _solve(
     callback,
     return_info: bool,
     options: dict,
-) -> Tensor | tuple[Tensor, Info]:
+) -> Tensor | Latent | tuple[Tensor | Latent, Info]:
     if not isinstance(model, Model):
         raise TypeError(
             f"model: expected an odediff model (with .schedule and .eps(xbar, sigma)), got "
             f"{type(model).__name__}; wrap a network with odediff.EpsModel(net, alphas_cumprod)"
         )
-    _check_input(model, x, name)
-    s = get_solver(solver, **options)
-    grid_s = plan(model, s, nfe, sigmas, timesteps, grid)
+    carry, out_dtype = None, x.dtype
+    if isinstance(x, Latent):
+        s, grid_s = _latent_plan(model, x, name, solver, nfe, sigmas, timesteps, grid, options)
+        x, carry, nfe = x.xT, x.carry, None  # from a latent the first step costs nothing
+    else:
+        _check_input(model, x, name)
+        s = get_solver("adams" if solver is None else solver, **options)
+        grid_s = plan(model, s, nfe, sigmas, timesteps, grid)
     if reverse:
         grid_s = grid_s.flip(0)
     try:
@@ -98,11 +105,38 @@ def _solve(
             model, x, grid_s, s,
             nfe=None if s.adaptive else nfe,
             generator=generator, max_nfe=getattr(s, "max_nfe", None),
-            progress=progress, callback=callback,
+            progress=progress, callback=callback, carry=carry,
         )  # fmt: skip
     except BudgetExceeded as e:
         raise BudgetExceeded(f"{s.name}: {e}") from None
+    out = out.to(out_dtype)
+    if reverse and s.reversible:
+        xT = info.carry[0] / math.sqrt(1 + float(grid_s[-1]) ** 2)
+        out = Latent(xT, info.carry[1], s, info.nfe, grid_s.flip(0), out.dtype)
     return (out, info) if return_info else out
+
+
+def _latent_plan(
+    model, z: Latent, name, solver, nfe, sigmas, timesteps, grid, options
+) -> tuple[Solver, Tensor]:
+    """The latent's own solver and grid, after checking that what the caller asked agrees."""
+    asked = z.solver if solver is None and not options else get_solver(solver or z.solver.name, **options)
+    same = asked == z.solver and nfe in (None, z.nfe)
+    if same and (sigmas is not None or timesteps is not None or grid is not None):
+        g = plan(model, asked, z.nfe, sigmas, timesteps, grid)
+        same = g.shape == z.sigmas.shape and torch.equal(g, z.sigmas.to(g))
+    if not same:
+        raise ValueError(
+            f"{name}: this latent was encoded by {z.describe()} and decodes exactly only with the "
+            f"same; drop the solver/nfe/grid arguments to use its own, or pass {name}.x to start "
+            "afresh from x_T alone"
+        )
+    if not z.solver.reversible:
+        raise ValueError(f"{name}: {z.solver.name} is not reversible")
+    net = getattr(model, "parameters_like", lambda: None)()
+    if net is not None and z.xT.device != net[0]:
+        raise ValueError(f"{name}: on {z.xT.device} but the network is on {net[0]}; move one of them")
+    return z.solver, z.sigmas.to(torch.float64)
 
 
 def sample(
@@ -140,9 +174,30 @@ def sample(
     )  # fmt: skip
 
 
-def decode(model: Model, xT: Tensor, **kwargs) -> Tensor | tuple[Tensor, Info]:
-    """Latent x_T → image x_0; the same as :func:`sample` with ``noise=xT``."""
-    return sample(model, xT, **kwargs)
+def decode(
+    model: Model,
+    xT: Tensor | Latent,
+    *,
+    solver: str | Solver | None = None,
+    nfe: int | None = None,
+    sigmas: Sequence[float] | Tensor | None = None,
+    timesteps: Sequence[float] | Tensor | None = None,
+    grid: str | Grid | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: Callable[[Step], None] | None = None,
+    return_info: bool = False,
+    **options,
+) -> Tensor | tuple[Tensor, Info]:
+    """Latent x_T → image x_0: :func:`sample` from ``xT`` (solver ``"adams"`` unless given).
+
+    A :class:`Latent` (what ``encode`` returns for a reversible solver) decodes with its own
+    solver, budget and grid; any of them given must agree with the latent's.
+    """
+    return _solve(
+        model, xT, "xT", False, solver, nfe, sigmas, timesteps, grid,
+        generator, progress, callback, return_info, options,
+    )  # fmt: skip
 
 
 def encode(
@@ -159,8 +214,12 @@ def encode(
     callback: Callable[[Step], None] | None = None,
     return_info: bool = False,
     **options,
-) -> Tensor | tuple[Tensor, Info]:
-    """Image x_0 → latent x_T by integrating the same grid as :func:`decode`, reversed."""
+) -> Tensor | Latent | tuple[Tensor | Latent, Info]:
+    """Image x_0 → latent x_T by integrating the same grid as :func:`decode`, reversed.
+
+    With a reversible solver (``odediff.SOLVERS[name].reversible``) the result is a
+    :class:`Latent` that :func:`decode` turns back into ``x0`` to round-off.
+    """
     return _solve(
         model, x0, "x0", True, solver, nfe, sigmas, timesteps, grid,
         generator, progress, callback, return_info, options,

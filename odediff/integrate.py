@@ -73,6 +73,8 @@ class Info:
     steps: int
     visited: list[float] = field(default_factory=list)
     rejected: int = 0
+    # a reversible solver's float64 state at the end: (x̄ there, x̄ one grid point back)
+    carry: tuple[Tensor, Tensor] | None = None
 
 
 def integrate(
@@ -86,10 +88,12 @@ def integrate(
     max_nfe: int | None = None,
     progress: bool = False,
     callback: Callable[[Step], None] | None = None,
+    carry: Tensor | None = None,
 ) -> tuple[Tensor, Info]:
     """Integrate the VP-scale state ``x`` at σ = sigmas[0] to sigmas[-1]; returns VP-scale x.
 
-    ``nfe``, if given, is a budget the (fixed-step) solver must spend exactly.
+    ``nfe``, if given, is a budget the (fixed-step) solver must spend exactly. ``carry`` is a
+    reversible solver's extra starting state (what :attr:`Info.carry` returned when encoding).
 
     x̄ = x·sqrt(1+σ²) is what the solver carries; the result is x̄/sqrt(1+σ_end²).
     """
@@ -103,7 +107,12 @@ def integrate(
 
     s0, s1 = float(sigmas[0]), float(sigmas[-1])
     xbar = x.to(work_dtype) * math.sqrt(1 + s0 * s0)  # a new tensor: the input is never touched
-    state = solver.init(sigmas, xbar, nfe=nfe, generator=generator)
+    if carry is None:
+        state = solver.init(sigmas, xbar, nfe=nfe, generator=generator)
+    elif getattr(solver, "reversible", False):
+        state = solver.init(sigmas, xbar, nfe=nfe, generator=generator, carry=carry.to(work_dtype))
+    else:
+        raise ValueError(f"carry: {getattr(solver, 'name', solver)} is not reversible and carries no state")
     visited = [s0]
     bar = None
     if progress:
@@ -134,5 +143,6 @@ def integrate(
         steps=len(visited) - 1,
         visited=visited,
         rejected=getattr(state, "rejected", 0),
+        carry=(xbar, solver.carried(state)) if getattr(solver, "reversible", False) else None,
     )
     return out, info

@@ -7,10 +7,13 @@ import dataclasses
 from .adams import Adams
 from .base import GridState, Solver
 from .external import TorchDiffEq
+from .reversible import BDIA, BELM, TwoStepReversible
 from .rk import DOPRI5, EULER, HEUN, AdaptiveRungeKutta, Controller, RungeKutta, Tableau
 from .stochastic import DDIM
 
 __all__ = [
+    "BDIA",
+    "BELM",
     "DDIM",
     "DOPRI5",
     "EULER",
@@ -24,6 +27,7 @@ __all__ = [
     "Solver",
     "Tableau",
     "TorchDiffEq",
+    "TwoStepReversible",
     "get_solver",
 ]  # fmt: skip
 
@@ -33,6 +37,8 @@ SOLVERS: dict[str, Solver] = {
     "rk45": AdaptiveRungeKutta(),
     "adams": Adams(),
     "ddim": DDIM(),
+    "bdia": BDIA(),
+    "belm": BELM(),
 }
 
 
