@@ -41,6 +41,10 @@ def flow_error(model, solver, n, **opts):
         ("adams", {"order": 3, "weights": "exact"}, 2.8, 3.3),
         ("adams", {"order": 4, "weights": "exact"}, 3.6, 4.5),
         ("adams", {"order": 4, "variable": "log_sigma", "weights": "exact"}, 3.7, 4.5),
+        # the PEC corrector (Adams–Moulton through one more ε) raises the order by one
+        ("adams", {"order": 1, "corrector": True}, 1.85, 2.3),
+        ("adams", {"order": 2, "weights": "exact", "corrector": True}, 2.8, 3.3),
+        ("adams", {"order": 3, "weights": "exact", "corrector": True}, 3.6, 4.5),
         # constant-step weights on a non-uniform (here geometric) grid are only 2nd order
         ("adams", {"weights": "fixed"}, 1.85, 2.3),
     ],
@@ -75,6 +79,16 @@ def test_counted_nfe_equals_budget(gauss, solver, grid):
         gauss.calls = 0
         _, info = odediff.sample(gauss, noise64(2, 4), solver=solver, nfe=nfe, grid=grid, return_info=True)
         assert info.nfe == nfe == gauss.calls, (solver, grid, nfe, info.nfe, gauss.calls)
+
+
+@pytest.mark.parametrize(
+    "opts", [{"corrector": True}, {"corrector": True, "variable": "log_sigma", "order": 4}]
+)
+def test_corrector_spends_exactly_the_budget(gauss, opts):
+    for nfe in (1, 2, 3, 5, 10, 17):
+        gauss.calls = 0
+        _, info = odediff.sample(gauss, noise64(2, 4), solver="adams", nfe=nfe, return_info=True, **opts)
+        assert info.nfe == nfe == gauss.calls
 
 
 @pytest.mark.parametrize("solver", ["rk45", "torchdiffeq:dopri5", "torchdiffeq:bosh3"])
@@ -114,11 +128,14 @@ def test_encode_reaches_the_exact_latent(gauss):
     assert (z - exact).abs().max().item() < 1e-5
 
 
-def test_fixed_and_exact_weights_agree_on_a_uniform_grid(gauss):
+@pytest.mark.parametrize("order", [2, 3, 4])
+@pytest.mark.parametrize("corrector", [False, True])
+def test_fixed_and_exact_weights_agree_on_a_uniform_grid(gauss, order, corrector):
     sig = torch.linspace(gauss.schedule.sigma_max, gauss.schedule.sigma_min, 30, dtype=torch.float64)
     x = noise64(3, 8)
-    a = odediff.sample(gauss, x, solver="adams", weights="fixed", sigmas=sig)
-    b = odediff.sample(gauss, x, solver="adams", weights="exact", sigmas=sig)
+    kw = dict(solver="adams", order=order, corrector=corrector, sigmas=sig)
+    a = odediff.sample(gauss, x, weights="fixed", **kw)
+    b = odediff.sample(gauss, x, weights="exact", **kw)
     assert (a - b).abs().max().item() < 1e-12
 
 

@@ -38,13 +38,14 @@ def _exp_moments(H: float, k: int) -> np.ndarray:
     return np.array([0.5 * H * np.sum(w * np.exp(h) * h**m) for m in range(k)])
 
 
-def ab_weights(nodes: list[float], u_next: float, variable: str) -> list[float]:
-    """Weights b_j for ∫_{u_0}^{u_next} P(u) w(u) du, P interpolating at ``nodes`` (newest first).
+def ab_weights(nodes: list[float], u_next: float, variable: str, start: float | None = None) -> list[float]:
+    """Weights b_j for ∫_{start}^{u_next} P(u) w(u) du, P interpolating at ``nodes`` (newest first).
 
-    Solved as b = V^{−T} M with V the Vandermonde matrix of the nodes relative to u_0, scaled
-    by the step so that it stays well conditioned.
+    ``start`` defaults to the newest node (Adams–Bashforth); the Adams–Moulton corrector
+    integrates up to the newest node instead. Solved as b = V^{−T} M with V the Vandermonde
+    matrix of the nodes relative to ``start``, scaled by the step so that it stays well conditioned.
     """
-    u0, k = nodes[0], len(nodes)
+    u0, k = (nodes[0] if start is None else start), len(nodes)
     H = u_next - u0
     scale = abs(H)
     r = np.array([(u - u0) / scale for u in nodes])
@@ -64,6 +65,7 @@ class Adams(Solver):
     order: int = 3
     variable: Literal["sigma", "log_sigma"] = "sigma"
     weights: Literal["exact", "fixed"] = "fixed"
+    corrector: bool = False
     name: str = "adams"
 
     def __post_init__(self) -> None:
@@ -73,40 +75,59 @@ class Adams(Solver):
             raise ValueError(f"variable: expected 'sigma' or 'log_sigma', got {self.variable!r}")
         if self.weights not in ("exact", "fixed"):
             raise ValueError(f"weights: expected 'exact' or 'fixed', got {self.weights!r}")
+        if not isinstance(self.corrector, bool):
+            raise ValueError(f"corrector: expected True or False, got {self.corrector!r}")
 
     def intervals(self, nfe: int) -> int:
         return check_nfe(nfe, self.name)
 
     @lru_cache(maxsize=64)  # noqa: B019 — solvers are immutable and hashable; grids repeat
-    def coefficients(self, sigmas: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
-        """b_ij for every step of the grid (newest ε first)."""
+    def coefficients(self, sigmas: tuple[float, ...], moulton: bool = False) -> tuple[tuple[float, ...], ...]:
+        """Per step, the weights of the newest ε first: Adams–Bashforth for σ_i → σ_{i+1}, or
+        with ``moulton`` the Adams–Moulton corrector for σ_{i−1} → σ_i through ε_i … ε_{i−k}."""
         log = self.variable == "log_sigma"
         u = [(math.log(s) if s > 0 else math.nan) if log else s for s in sigmas]
         out = []
         for i in range(len(sigmas) - 1):
-            if sigmas[i] == 0 or sigmas[i + 1] == 0:  # the interval touching 0 is Euler,
-                out.append((sigmas[i + 1] - sigmas[i],))  # and ε at σ = 0 joins no polynomial
+            lo, hi = (i - 1, i) if moulton else (i, i + 1)  # the interval the weights integrate
+            if lo < 0 or sigmas[lo] == 0 or sigmas[hi] == 0:
+                # the interval touching 0 is Euler, uncorrected; ε at σ = 0 joins no polynomial
+                out.append(() if moulton else (sigmas[hi] - sigmas[lo],))
                 continue
-            k = 1
-            while k < self.order and i - k >= 0 and sigmas[i - k] != 0:
+            k, most = 1 + moulton, self.order + moulton
+            while k < most and i - k >= 0 and sigmas[i - k] != 0:
                 k += 1
             if self.weights == "fixed":
-                nodes = [u[i] - j * (u[i + 1] - u[i]) for j in range(k)]
+                nodes = [u[i] - j * (u[hi] - u[lo]) for j in range(k)]
             else:
                 nodes = u[i - k + 1 : i + 1][::-1]
-            out.append(tuple(ab_weights(nodes, u[i + 1], self.variable)))
+            out.append(tuple(ab_weights(nodes, u[hi], self.variable, start=u[lo])))
         return tuple(out)
 
     def init(self, sigmas, xbar, *, nfe=None, generator=None) -> GridState:
         sig = tuple(float(s) for s in sigmas)
-        return GridState(sig, 0, (self.coefficients(sig), ()))
+        am = self.coefficients(sig, moulton=True) if self.corrector else None
+        return GridState(sig, 0, (self.coefficients(sig), (), am, None))
 
     def step(self, field, xbar, state: GridState):
+        """x̄ is the predicted state. With the corrector (PEC, as UniPC's UniC does) the one
+        evaluation at the predicted point also corrects it by Adams–Moulton before the next
+        prediction: x̄_i ← x̄_{i−1} + Σ_j c_ij ε_{i−j}; the ε history keeps the evaluations."""
         i = state.index
-        coeffs, history = state.memory
-        history = (field(xbar, state.sigmas[i]), *history[: self.order - 1])
-        b = coeffs[i]
-        out = xbar.add(history[0], alpha=b[0])  # a new tensor; the rest accumulates into it
-        for bj, e in zip(b[1:], history[1:]):
-            out.add_(e, alpha=bj)
-        return out, state._replace(index=i + 1, memory=(coeffs, history))
+        coeffs, history, am, corrected_prev = state.memory
+        keep = self.order if am is None else self.order + 1
+        history = (field(xbar, state.sigmas[i]), *history[: keep - 1])
+        if am is not None and am[i]:
+            xbar = _accumulate(corrected_prev, am[i], history)
+        out = _accumulate(xbar, coeffs[i], history)
+        return out, state._replace(
+            index=i + 1, memory=(coeffs, history, am, xbar if am is not None else None)
+        )
+
+
+def _accumulate(x, weights, history):
+    """x + Σ_j w_j ε_j as a new tensor (the first term allocates, the rest accumulate)."""
+    out = x.add(history[0], alpha=weights[0])
+    for w, e in zip(weights[1:], history[1:]):
+        out.add_(e, alpha=w)
+    return out
