@@ -35,6 +35,8 @@ class CountedField:
         self.sigma_min = model.schedule.sigma_min
         self.net_dtype = net_dtype
         self.max_nfe = max_nfe
+        # a model that knows its network's dtype casts x_t itself, after scaling in float64
+        self.casts = getattr(model, "casts_input", False) and model.parameters_like() is not None
         self.nfe = 0
         self.step = 0  # index of the step under way, for error messages
 
@@ -43,7 +45,7 @@ class CountedField:
             raise BudgetExceeded(f"max_nfe={self.max_nfe} reached at σ={sigma:.6g}")
         self.nfe += 1
         s = max(sigma, self.sigma_min)
-        eps = self.model.eps(x if x.dtype == self.net_dtype else x.to(self.net_dtype), s)
+        eps = self.model.eps(x if self.casts or x.dtype == self.net_dtype else x.to(self.net_dtype), s)
         if eps.shape != x.shape:
             raise ValueError(f"model: ε has shape {tuple(eps.shape)}, expected the input's {tuple(x.shape)}")
         if not math.isfinite(eps.detach().sum()):  # one reduction: NaN and ±Inf survive a sum

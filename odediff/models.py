@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -80,10 +80,17 @@ class EpsModel:
         self.snap_timesteps = snap_timesteps
         self.net_kwargs = net_kwargs
 
+    casts_input: ClassVar[bool] = True  # takes the solver's float64 x̄; casts x_t for the network
+
     def eps(self, xbar: Tensor, sigma: float) -> Tensor:
+        # x_t = x̄/sqrt(1+σ²) in the state's precision, then in the network's dtype: x_t then
+        # equals the caller's x_T exactly at σ_max (dividing a rounded x̄ would not)
         x_t = xbar / math.sqrt(1 + sigma * sigma)
+        net = parameters_like(self.net)
+        if net is not None and x_t.dtype != net[1]:
+            x_t = x_t.to(net[1])
         t = self.schedule.t_of_sigma(sigma, snap=self.snap_timesteps)
-        t_dtype = torch.float64 if xbar.dtype == torch.float64 else torch.float32  # half would round t
+        t_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32  # half would round t
         t_batch = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
         out = self.net(x_t, t_batch, **self.net_kwargs)
         if not isinstance(out, Tensor):  # e.g. diffusers' UNet2DOutput

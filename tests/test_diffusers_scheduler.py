@@ -1,0 +1,325 @@
+"""ODEScheduler: odediff's solvers inside real diffusers pipelines, with an exact NFE."""
+
+import copy
+import importlib.util
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+import odediff
+from odediff.grids import make_grid
+
+diffusers = pytest.importorskip("diffusers")
+from odediff.diffusers import ODEScheduler  # noqa: E402
+
+BLOCKS = dict(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
+SHAPE = (2, 3, 8, 8)
+FIXED = sorted(name for name, s in odediff.SOLVERS.items() if not s.adaptive)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        in_channels=3, out_channels=3, **BLOCKS,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def unet64(unet):
+    """In float64 the pipeline and odediff.sample agree to round-off. In float32 they differ by
+    the result's sensitivity to one rounding of the noise: odediff.sample's first UNet input is
+    float32(x_T·sqrt(1+σ²))/sqrt(1+σ²), the pipeline's is x_T itself."""
+    return copy.deepcopy(unet).double()
+
+
+@contextmanager
+def counted(unet, prediction="epsilon"):
+    """Count UNet calls; for ε-prediction make ε = x_t + 0.1·unet, as a trained predictor has
+    ε ≈ x_t at high noise (a random ε-UNet drives x_0 to |x| ~ σ_max, beyond float32's 1e-5)."""
+    calls = []
+
+    def hook(mod, args, out):
+        calls.append(float(torch.as_tensor(args[1]).reshape(-1)[0]))
+        if prediction == "epsilon":
+            return type(out)(sample=args[0] + 0.1 * out.sample)
+        return None
+
+    handle = unet.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def run(pipe, n, seed=1, **kwargs):
+    """The pipeline's last ``prev_sample`` (x_0 before its clamping to an image)."""
+    scheduler, last = pipe.scheduler, []
+    step = scheduler.step
+    scheduler.step = lambda *a, **k: last.append(step(*a, **k)) or last[-1]
+    try:
+        pipe.set_progress_bar_config(disable=True)
+        pipe(batch_size=SHAPE[0], generator=torch.Generator().manual_seed(seed), num_inference_steps=n,
+             output_type="pt", **kwargs)  # fmt: skip
+    finally:
+        del scheduler.step
+    return last[-1].prev_sample
+
+
+def noise(seed=1, dtype=torch.float32):
+    """What the pipelines draw: randn of the UNet's dtype from a generator seeded ``seed``."""
+    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# Euler ≡ diffusers' DDIM inside its own pipelines ----------------------------------------------
+
+# each β schedule with a spacing; the pipeline alternates. DDIMScheduler steps from t to
+# t − T//n, so only spacings whose timesteps are that far apart are DDIM on its own timesteps
+SCHEDULES = {
+    "linear": (dict(timestep_spacing="trailing"), diffusers.DDPMPipeline),
+    "scaled_linear": (dict(timestep_spacing="leading", steps_offset=1), diffusers.DDIMPipeline),
+    "squaredcos_cap_v2": (dict(timestep_spacing="leading"), diffusers.DDIMPipeline),
+}
+
+
+@pytest.mark.parametrize("beta_schedule", list(SCHEDULES))
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+@torch.no_grad()
+def test_euler_reproduces_ddim_in_its_pipelines(unet, prediction, beta_schedule):
+    spacing, pipeline = SCHEDULES[beta_schedule]
+    ddim = diffusers.DDIMScheduler(
+        beta_schedule=beta_schedule, prediction_type=prediction, clip_sample=False, set_alpha_to_one=True,
+        **spacing,
+    )  # fmt: skip
+    pipe = pipeline(unet, ddim)
+    with counted(unet, prediction):
+        ref = run(pipe, 10)
+        ref_t = pipe.scheduler.timesteps.clone()
+        pipe.scheduler = ODEScheduler.from_config(
+            pipe.scheduler.config, solver="euler", grid="timestep_spacing"
+        )
+        with counted(unet, "sample") as calls:  # counts only; the outer hook shapes the output
+            ours = run(pipe, 10)
+    assert isinstance(pipe.scheduler, ODEScheduler)
+    assert torch.equal(pipe.scheduler.timesteps, ref_t)
+    assert calls == ref_t.tolist()
+    err = (ours - ref).abs().max().item()
+    assert err <= 1e-5, err
+
+
+# exact NFE, and the same result as odediff.sample -----------------------------------------------
+
+
+@pytest.mark.parametrize("nfe", [5, 10, 20])
+@pytest.mark.parametrize("solver", FIXED)
+@torch.no_grad()
+def test_pipeline_spends_exactly_nfe_and_equals_sample(unet64, solver, nfe):
+    ddpm = diffusers.DDPMScheduler()
+    pipe = diffusers.DDPMPipeline(unet64, ddpm)
+    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver=solver)
+    model = odediff.from_diffusers(unet64, diffusers.DDPMScheduler())
+    with counted(unet64) as calls:
+        ours = run(pipe, nfe)
+        assert len(calls) == len(pipe.scheduler.timesteps) == nfe
+        ref, info = odediff.sample(
+            model, noise(dtype=torch.float64), solver=solver, nfe=nfe, return_info=True
+        )
+    assert info.nfe == nfe
+    grid = make_grid(model.schedule, odediff.SOLVERS[solver].intervals(nfe))
+    assert torch.equal(pipe.scheduler.grid_sigmas, grid)
+    err = (ours - ref).abs().max().item()
+    assert err <= 1e-10, err
+
+
+@torch.no_grad()
+def test_stochastic_ddim_draws_from_the_pipeline_generator(unet):
+    ddpm = diffusers.DDPMScheduler()
+    pipe = diffusers.DDPMPipeline(unet, ddpm)
+    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver="ddim", solver_options={"eta": 1.0})
+    model = odediff.from_diffusers(unet, ddpm)
+    g = torch.Generator().manual_seed(3)
+    with counted(unet) as calls:
+        ours = run(pipe, 8, seed=3)
+        assert len(calls) == 8
+        ref = odediff.sample(
+            model, torch.randn(SHAPE, generator=g), solver="ddim", eta=1.0, nfe=8, generator=g
+        )
+        other = run(pipe, 8, seed=4)
+    assert (ours - ref).abs().max().item() <= 1e-5
+    assert (ours - other).abs().max().item() > 0.1  # the noise does come from the generator
+
+
+def test_heun_stages_are_timesteps_of_their_own():
+    s = ODEScheduler(solver="heun", grid="log_snr")
+    s.set_timesteps(5)  # grid σ0 > σ1 > σ2 > 0: Heun, Heun, then Euler into σ = 0
+    g = s.grid_sigmas.tolist()
+    assert len(g) == 4
+    # Heun's second stage is at σ + (σ' − σ), σ' to round-off
+    assert s.evaluation_sigmas.tolist() == [g[0], g[0] + (g[1] - g[0]), g[1], g[1] + (g[2] - g[1]), g[2]]
+    t = [s.schedule.t_of_sigma(v) for v in (g[0], g[1], g[1], g[2], g[2])]
+    assert s.timesteps.dtype == torch.float32 and s.timesteps[1] != s.timesteps[1].round()
+    assert s.timesteps.tolist() == pytest.approx(t, rel=1e-6)
+    assert s.order == 1 and s.solver.order == 2
+
+    s = ODEScheduler(solver="heun", grid="log_snr", snap_timesteps=True)
+    s.set_timesteps(5)
+    assert s.timesteps.dtype == torch.int64
+    assert s.timesteps.tolist() == [round(v) for v in t]
+
+    s = ODEScheduler(solver="heun", grid="timestep_spacing")  # integer timesteps, stages included
+    s.set_timesteps(5)
+    assert s.timesteps.tolist() == [666, 333, 333, 0, 0]
+
+
+# the pipeline's own sample, image-to-image, save/load ---------------------------------------------
+
+
+def loop(scheduler, unet, x, *, change=None):
+    """A hand-written pipeline loop; ``change(i, x)`` may replace the sample before step i."""
+    for i, t in enumerate(scheduler.timesteps):
+        if change is not None:
+            x = change(i, x)
+        x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    return x
+
+
+@torch.no_grad()
+def test_a_sample_changed_by_the_pipeline_is_taken(unet):
+    ddpm = diffusers.DDPMScheduler()
+    model = odediff.from_diffusers(unet, ddpm)
+    s = ODEScheduler.from_config(ddpm.config, solver="euler")
+    s.set_timesteps(6)
+    delta = 0.1 * noise(2)
+    with counted(unet):
+        plain = loop(s, unet, noise())
+        s.set_timesteps(6)
+        same = loop(s, unet, noise(), change=lambda i, x: x.clone() if i == 3 else x)
+        s.set_timesteps(6)
+        changed = {}
+        inpainted = loop(
+            s, unet, noise(), change=lambda i, x: changed.setdefault(i, x + delta) if i == 3 else x
+        )
+        ref = odediff.sample(model, changed[3], solver="euler", sigmas=s.grid_sigmas[3:])
+    assert torch.equal(same, plain)  # an equal copy keeps the float64 state
+    assert (inpainted - ref).abs().max().item() <= 1e-5
+    assert (inpainted - plain).abs().max().item() > 1e-3
+
+
+@torch.no_grad()
+def test_begin_index_starts_the_solver_afresh(unet):
+    ddpm = diffusers.DDPMScheduler()
+    model = odediff.from_diffusers(unet, ddpm)
+    s = ODEScheduler.from_config(ddpm.config, solver="adams")
+    s.set_timesteps(8)
+    s.set_begin_index(3)
+    x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    x = s.add_noise(x0, noise(), s.timesteps[3:4])
+    sigma = float(s.evaluation_sigmas[3])
+    assert torch.allclose(x, (x0 + sigma * noise()) / math.sqrt(1 + sigma**2), atol=1e-6)
+    with counted(unet) as calls:
+        ours = x
+        for t in s.timesteps[3:]:
+            ours = s.step(unet(ours, t).sample, t, ours).prev_sample
+        assert len(calls) == 5
+        ref = odediff.sample(model, x, solver="adams", sigmas=s.grid_sigmas[3:])
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+    heun = ODEScheduler(solver="heun")
+    heun.set_timesteps(7)
+    heun.set_begin_index(1)  # Heun's second evaluation of its first step
+    with pytest.raises(ValueError, match=r"begin_index: timesteps\[1\] is the second evaluation"):
+        heun.step(torch.zeros(SHAPE), heun.timesteps[1], torch.zeros(SHAPE))
+
+
+@torch.no_grad()
+def test_save_and_load_round_trip(unet, tmp_path):
+    ddpm = diffusers.DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    pipe = diffusers.DDPMPipeline(unet, ddpm)
+    tuned = make_grid(odediff.from_diffusers(unet, ddpm).schedule, 7, "log_snr").tolist()
+    for i, kwargs in enumerate(
+        [
+            dict(solver="heun", grid="karras", nfe=9),
+            dict(solver="adams", solver_options={"order": 4}, sigmas=tuned),
+        ]
+    ):
+        pipe.scheduler = ODEScheduler.from_config(ddpm.config, **kwargs)
+        pipe.scheduler.save_config(tmp_path / str(i))
+        loaded = ODEScheduler.from_pretrained(tmp_path / str(i))
+        public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}
+        assert public(loaded.config) == public(pipe.scheduler.config)
+        assert loaded.solver == pipe.scheduler.solver
+        with (
+            counted(unet, "v_prediction") as calls,
+            pytest.warns(UserWarning, match="num_inference_steps=50"),
+        ):
+            a = run(pipe, 50)
+            pipe.scheduler = loaded
+            b = run(pipe, 50)
+        assert len(calls) == 2 * (9 if i == 0 else 7)  # the config's budget, not num_inference_steps
+        assert torch.equal(a, b)
+    assert loaded.config.sigmas == tuned  # floats survive JSON bit for bit
+
+    pipe.save_pretrained(tmp_path / "pipe")  # a whole pipeline finds the scheduler's class again
+    again = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(again.scheduler) is ODEScheduler
+    assert public(again.scheduler.config) == public(loaded.config)
+
+
+# bad input ---------------------------------------------------------------------------------------
+
+
+def test_bad_input():
+    cfg = diffusers.DDPMScheduler().config
+    with pytest.raises(ValueError, match="solver: unknown solver 'adam'"):
+        ODEScheduler.from_config(cfg, solver="adam")
+    for adaptive in ("rk45", "torchdiffeq:dopri5"):
+        with pytest.raises(ValueError, match=f"solver: {adaptive} is adaptive .* planned before it starts"):
+            ODEScheduler.from_config(cfg, solver=adaptive)
+    with pytest.raises(TypeError, match=r"solver_options: adams: unknown option\(s\) \['eta'\]"):
+        ODEScheduler.from_config(cfg, solver="adams", solver_options={"eta": 0.5})
+    with pytest.raises(TypeError, match="solver: expected a solver name"):
+        ODEScheduler.from_config(cfg, solver=odediff.SOLVERS["heun"])
+    for solver in ("bdia", "belm"):  # two-step solvers start with one Euler step
+        s = ODEScheduler.from_config(cfg, solver=solver)
+        with pytest.raises(ValueError, match=f"num_inference_steps: {solver} needs .* ≥ 2, got 1"):
+            s.set_timesteps(1)
+    with pytest.raises(ValueError, match="num_inference_steps: adams needs .* ≥ 1, got 0"):
+        ODEScheduler.from_config(cfg).set_timesteps(0)
+    with pytest.raises(ValueError, match="nfe: expected a whole number"):
+        ODEScheduler.from_config(cfg, nfe=0)
+    with pytest.raises(ValueError, match="prediction_type: expected one of"):
+        ODEScheduler.from_config(cfg, prediction_type="flow")
+    with pytest.raises(ValueError, match="beta_schedule: expected 'linear'"):
+        ODEScheduler.from_config(cfg, beta_schedule="exponential")
+    with pytest.raises(ValueError, match="grid: expected one of"):
+        ODEScheduler.from_config(cfg, grid="uniform")
+    with pytest.raises(ValueError, match="nfe: adams spends nfe=5 on 5 intervals, but the grid given has 3"):
+        ODEScheduler.from_config(cfg, sigmas=[80.0, 1.0, 0.1, 0.0], nfe=5)
+
+    s = ODEScheduler.from_config(cfg, solver="euler")
+    x = torch.zeros(SHAPE)
+    with pytest.raises(RuntimeError, match="set_timesteps: call"):
+        s.step(x, 999, x)
+    s.set_timesteps(4)
+    with pytest.raises(ValueError, match="timestep: 500.0 is not a timestep where a euler step starts"):
+        s.step(x, 500, x)
+    with pytest.raises(ValueError, match="eta: 0.5 given to step"):
+        s.step(x, s.timesteps[0], x, eta=0.5)
+    with pytest.raises(ValueError, match=r"model_output: shape \(2, 6, 8, 8\) differs"):
+        s.step(torch.zeros(2, 6, 8, 8), s.timesteps[0], x)
+    s.step(x, s.timesteps[0], x)
+    with pytest.raises(ValueError, match=r"timestep: expected .* \(scheduler.timesteps\[1\]\), got 999.0"):
+        s.step(x, 999, x)
+
+
+def test_needs_diffusers_only_when_imported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` fail
+    path = Path(odediff.__file__).parent / "diffusers.py"
+    spec = importlib.util.spec_from_file_location("odediff._diffusers_probe", path)
+    with pytest.raises(ImportError, match=r"pip install 'odediff\[diffusers\]'"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
