@@ -1,0 +1,86 @@
+"""odediff.shard: the split, and a 2-process NFE study equal to the single-process one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from odediff import shard
+
+SCRIPT = """
+import sys
+import torch
+torch.set_num_threads(1)
+from odediff.study import Reference, nfe_error_study
+nfe_error_study(
+    "gmm-digits", sys.argv[1], noises=5, nfes=(4, 8), peers=False, progress=False, chunk=2, check=1,
+    methods={"odediff adams": dict(solver="adams"), "odediff euler": dict(solver="euler")},
+    reference=Reference(rtol=1e-6),
+)
+"""
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+@pytest.mark.parametrize("n", [0, 1, 5, 16])
+def test_blocks_tile_the_items_in_order(n, world):
+    blocks = [shard.block(n, r, world) for r in range(world)]
+    assert [i for b in blocks for i in b] == list(range(n))
+    sizes = [len(b) for b in blocks]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_single_process_is_trivial():
+    assert shard.init() == (0, 1)
+    assert shard.is_main()
+    assert shard.share(5) == range(5)
+    t = torch.arange(6.0).view(3, 2)
+    assert shard.gather(t) is t
+    shard.finish()
+    with pytest.raises(ValueError):
+        shard.block(3, 2, 2)
+
+
+def _gloo() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_gloo_available()
+
+
+@pytest.mark.skipif(not _gloo(), reason="torch.distributed with gloo is not available")
+def test_two_processes_write_what_one_writes(tmp_path):
+    """Noise i is the same tensor row and goes through the same chunk (chunks of 2 noises: 5 noises
+    make 3 chunks, so the ranks hold 1 and 2 chunks and gather pads), the reference is solved per
+    noise, every process runs one thread, and rank 0 reduces the gathered per-noise sums in noise
+    order: so the files must agree bit for bit, not just to a tolerance. The per-noise CSV would
+    also catch a gather that returned the rows in another order."""
+    script = tmp_path / "study.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    one, two = tmp_path / "one", tmp_path / "two"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    pipes = dict(env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # both at once: the single-process run costs no extra wall time
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(one)], **pipes),
+        subprocess.Popen([*launcher, str(script), str(two)], **pipes),
+    ]
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
+        assert p.returncode == 0, err[-2000:]
+
+    for name in ("nfe_vs_error.csv", "nfe_vs_error_per_noise.csv", "nfe_vs_error.md"):
+        a, b = (one / name).read_text(), (two / name).read_text()
+        assert a == b, name
+    lines = (one / "nfe_vs_error.csv").read_text().splitlines()
+    assert len(lines) == 1 + 1 + 2 * 2  # header, reference, 2 methods × 2 NFE
+    assert all(",5," in ln for ln in lines[1:])  # every row covers all 5 noises
+    assert len((one / "nfe_vs_error_per_noise.csv").read_text().splitlines()) == 1 + 5 * 2 * 2
