@@ -1,4 +1,4 @@
-"""Per-NFE solver overhead, odediff vs diffusers, side by side in one run.
+"""Per-NFE solver overhead, odediff vs diffusers (and k-diffusion if it imports), in one run.
 
 A near-free network (batch 1, 1×8×8, ε = x_t·0.5) on one thread makes the loop's own cost
 visible: overhead per NFE = (time of a whole solve − NFE × time of one bare network call) / NFE.
@@ -76,6 +76,16 @@ def main() -> None:
             record(name, solve, a.nfe)
     except ImportError:
         print("diffusers not installed: no peer rows")
+
+    try:  # k-diffusion needs torchvision, which has no CPU wheel here: measured only where it imports
+        import k_diffusion as K
+
+        kd_sigmas = K.sampling.get_sigmas_karras(a.nfe, sched.sigma_min, sched.sigma_max).double()
+        denoiser = odediff.to_denoiser(model)
+        xk = x.double() * sched.sigma_max
+        record("k-diffusion euler", lambda: K.sampling.sample_euler(denoiser, xk, kd_sigmas, disable=True), a.nfe)
+    except ImportError:
+        print("k-diffusion does not import: no k-diffusion row")
 
     ref = {r[0]: r[3] for r in rows}.get("diffusers DDIM")
     print(f"network call alone: {per_call * 1e6:.1f} µs; NFE per solve: {a.nfe}; best of {a.repeats}")
