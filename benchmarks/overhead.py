@@ -83,7 +83,8 @@ def main() -> None:
         kd_sigmas = K.sampling.get_sigmas_karras(a.nfe, sched.sigma_min, sched.sigma_max).double()
         denoiser = odediff.to_denoiser(model)
         xk = x.double() * sched.sigma_max
-        record("k-diffusion euler", lambda: K.sampling.sample_euler(denoiser, xk, kd_sigmas, disable=True), a.nfe)
+        kd_euler = lambda: K.sampling.sample_euler(denoiser, xk, kd_sigmas, disable=True)
+        record("k-diffusion euler", kd_euler, a.nfe)
     except ImportError:
         print("k-diffusion does not import: no k-diffusion row")
 

@@ -11,8 +11,8 @@ from .solvers import SOLVERS, Solver, get_solver
 from .tune import TunedGrid, tune_grid
 
 __all__ = [
-    "GRIDS", "SOLVERS", "BudgetExceeded", "DiscreteSchedule", "EpsModel", "Guided", "Info", "Latent", "Model",
-    "Solver", "Step", "TunedGrid", "decode", "encode", "from_denoiser", "from_diffusers", "get_solver", "integrate",
-    "plan", "sample", "slerp", "to_denoiser", "tune_grid",
+    "GRIDS", "SOLVERS", "BudgetExceeded", "DiscreteSchedule", "EpsModel", "Guided", "Info", "Latent",
+    "Model", "Solver", "Step", "TunedGrid", "decode", "encode", "from_denoiser", "from_diffusers",
+    "get_solver", "integrate", "plan", "sample", "slerp", "to_denoiser", "tune_grid",
 ]  # fmt: skip
 __version__ = "0.1.0"
