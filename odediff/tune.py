@@ -10,6 +10,9 @@ so every θ gives a valid, strictly decreasing grid. The loss is the RMSE of x_0
 training noises; SciPy's Powell method minimises it (a grid has few parameters and each loss
 costs n evaluations, so a derivative-free search is cheap and needs nothing from the solvers
 beyond their one code path). LD3 (ICLR 2025) instead backpropagates through the solve.
+
+With ``tune_weights=True`` (``adams`` only) the search also sets, per interval that has history,
+the β of Adams' ``blend`` option: the step's weights β·(order k) + (1 − β)·(order k − 1).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,8 @@ class TunedGrid:
         missing = {"sigmas", "model", "solver", "nfe"} - set(d)
         if missing:
             raise ValueError(f"path: {path} is not a tuned grid (missing {sorted(missing)})")
-        return cls(**{**d, "sigmas": tuple(float(s) for s in d["sigmas"])})
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("options", {}).items()}
+        return cls(**{**d, "sigmas": tuple(float(s) for s in d["sigmas"]), "options": options})
 
 
 def _grid(theta: np.ndarray, log_max: float, log_min: float) -> list[float]:
@@ -106,6 +110,7 @@ def tune_grid(
     progress: bool = True,
     robust: bool = False,
     method: str = "Powell",
+    tune_weights: bool = False,
     **options,
 ) -> TunedGrid:
     """The σ grid minimising the RMSE of ``solver`` at ``nfe`` on ``noises`` against a reference.
@@ -114,9 +119,11 @@ def tune_grid(
     that a few noises whose trajectories switch mixture component under small grid changes do
     not steer the search. ``reference(model, noise) -> (x_0, evaluations)`` defaults to
     :func:`odediff.study.reference_solve` (SciPy DOP853, float64). ``method`` is SciPy's
-    (Powell, or Nelder-Mead). ``evaluations`` bounds the number of loss evaluations of the search
-    (each costs ``nfe`` network evaluations per noise batch). The returned grid records its
-    training error, the default grid's error and the error on ``holdout`` noises.
+    (Powell, or Nelder-Mead). ``tune_weights`` also tunes ``adams``' per-step ``blend`` of its
+    orders, starting from plain Adams (β = 1). ``evaluations`` bounds the number of loss
+    evaluations of the search (each costs ``nfe`` network evaluations per noise batch). The
+    returned grid records its training error, the default grid's error and the error on
+    ``holdout`` noises.
     """
     s = get_solver(solver, **options)
     if s.adaptive:
@@ -124,6 +131,10 @@ def tune_grid(
     n = s.intervals(nfe)
     if n < 3:
         raise ValueError(f"nfe: {s.name} at nfe={nfe} takes {n} intervals; tuning needs ≥ 3")
+    if tune_weights and not hasattr(s, "blend"):
+        raise ValueError(f"tune_weights: {s.name} has no multistep weights to tune; use solver='adams'")
+    if tune_weights and "blend" in options:
+        raise ValueError("tune_weights, blend: give one of them; tuning sets blend")
     reference = reference or _default_reference
     gen = torch.Generator().manual_seed(seed)
     train = _noises(model, noises, gen, "noises")
@@ -132,18 +143,28 @@ def tune_grid(
     log_max, log_min = math.log(sched.sigma_max), math.log(sched.sigma_min)
     spent = [cost]
 
-    def error(sigmas: list[float] | Tensor, x: Tensor, x0: Tensor) -> float:
+    def error(sigmas: list[float] | Tensor, solver: Any, x: Tensor, x0: Tensor) -> float:
         with torch.no_grad():
-            out, info = sample(model, x, solver=s, sigmas=sigmas, return_info=True)
+            out, info = sample(model, x, solver=solver, sigmas=sigmas, return_info=True)
         spent[0] += info.nfe
         per_noise = (out.double() - x0.double()).square().flatten(1).mean(1).sqrt()
         err = (per_noise.mean() if robust else per_noise.square().mean().sqrt()).item()
         return err if math.isfinite(err) else 1e6
 
     base = make_grid(sched, n)
-    default_error = error(base, train, truth)
+    default_error = error(base, s, train, truth)
     logs = np.log(base[:-1].numpy())
     theta0 = np.log(-np.diff(logs))  # softmax(theta0) reproduces the default grid
+    # β for the intervals that can have history: not the first, not the one into σ = 0
+    n_beta = n - 2 if tune_weights else 0
+
+    def split(theta: np.ndarray):
+        sigmas = _grid(theta[: n - 1], log_max, log_min)
+        if not n_beta:
+            return sigmas, s
+        return sigmas, replace(s, blend=(1.0, *theta[n - 1 :].tolist(), 1.0))
+
+    theta0 = np.concatenate([theta0, np.ones(n_beta)])
 
     from scipy.optimize import minimize
     from tqdm.auto import tqdm
@@ -152,7 +173,7 @@ def tune_grid(
     best = [default_error]
 
     def loss(theta: np.ndarray) -> float:
-        e = error(_grid(theta, log_max, log_min), train, truth)
+        e = error(*split(theta), train, truth)
         best[0] = min(best[0], e)
         bar.update(1)
         bar.set_postfix(rmse=f"{best[0]:.4g}", refresh=False)
@@ -166,13 +187,15 @@ def tune_grid(
         res = minimize(loss, theta0, method=method, options=opts)
     finally:
         bar.close()
-    sigmas = _grid(res.x, log_max, log_min) if res.fun < default_error else base.tolist()
+    sigmas, tuned = split(res.x) if res.fun < default_error else (base.tolist(), s)
+    if tuned.blend:
+        options = {**options, "blend": tuned.blend}
     holdout_error = math.nan
     if holdout is not None:
         held = _noises(model, holdout, gen, "holdout")
         held_truth, c = reference(model, held)
         spent[0] += c
-        holdout_error = error(sigmas, held, held_truth)
+        holdout_error = error(sigmas, tuned, held, held_truth)
     name = model_name or getattr(model, "name", None) or type(model).__name__
     return TunedGrid(
         tuple(float(x) for x in sigmas), name, s.name, nfe, dict(options),

@@ -8,7 +8,8 @@ import torch
 
 import odediff
 from odediff import grids
-from odediff.solvers import SOLVERS
+from odediff.solvers import SOLVERS, Adams
+from odediff.zoo import gmm_digits
 
 FIXED = [name for name, s in SOLVERS.items() if not s.adaptive]
 
@@ -182,3 +183,31 @@ def test_eta_reproducible_and_forward_noising(gauss):
     aT = float(gauss.schedule.alphas_cumprod[-1])
     assert abs(z.mean().item() - math.sqrt(aT) * 0.7) < 0.03
     assert abs(z.var().item() - (1 - aT)) < 0.03
+
+
+@pytest.mark.parametrize("variable", ["sigma", "log_sigma"])
+def test_blend_mixes_orders_and_keeps_each_step_consistent(variable):
+    """β = 1 is plain Adams bit for bit; β = 0 gives the next lower order's weights; any β
+    keeps Σ_j b_ij = ∫ w du over the step (the step integrates a constant ε exactly)."""
+    sig = tuple(grids.quadratic_t(gmm_digits().schedule, 10).tolist())
+    n = len(sig) - 1
+    plain = Adams(order=3, variable=variable).coefficients(sig)
+    assert Adams(order=3, variable=variable, blend=(1.0,) * n).coefficients(sig) == plain
+    betas = tuple(torch.linspace(-0.5, 1.5, n, dtype=torch.float64).tolist())
+    mixed = Adams(order=3, variable=variable, blend=betas).coefficients(sig)
+    lower = Adams(order=2, variable=variable).coefficients(sig)
+    zero = Adams(order=3, variable=variable, blend=(0.0,) * n).coefficients(sig)
+    for i in range(n):
+        a, b = sig[i], sig[i + 1]
+        assert sum(mixed[i]) == pytest.approx(b - a, rel=1e-12, abs=1e-15), i
+        if 2 <= i < n - 1:
+            assert zero[i][:2] == pytest.approx(lower[i], rel=1e-12) and zero[i][2] == 0.0
+
+
+def test_blend_bad_input():
+    with pytest.raises(ValueError, match="blend: expected a sequence of numbers"):
+        Adams(blend="x")
+    with pytest.raises(ValueError, match="blend: expected finite"):
+        Adams(blend=(1.0, float("nan")))
+    with pytest.raises(ValueError, match=r"blend: expected one value per interval of the grid \(10\), got 3"):
+        odediff.sample(gmm_digits(), torch.zeros(1, 1, 8, 8), nfe=10, blend=(1.0, 1.0, 1.0))

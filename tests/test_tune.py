@@ -69,3 +69,35 @@ def test_bad_arguments():
         odediff.tune_grid(model, nfe=2, noises=noises(2, 0), progress=False)
     with pytest.raises(ValueError, match="noises: expected a number of noises"):
         odediff.tune_grid(model, noises=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tuned_weights():
+    model = gmm_digits()
+    grid = odediff.tune_grid(
+        model, nfe=8, noises=noises(64, 1), holdout=noises(64, 2), evaluations=200, progress=False,
+        model_name="gmm-digits", robust=True, tune_weights=True,
+    )  # fmt: skip
+    return model, grid
+
+
+def test_tuned_weights_lower_the_error_and_load_back_bit_for_bit(tuned_weights, tmp_path):
+    model, g = tuned_weights  # twice the parameters of a grid alone: 64 training noises, not 16
+    assert g.train_error < 0.9 * g.default_error, g
+    assert g.holdout_error <= 1.5 * g.train_error, g
+    blend = g.options["blend"]
+    assert len(blend) == 8 and blend[0] == blend[-1] == 1.0 and any(b != 1.0 for b in blend)
+    g.save(tmp_path / "grid.json")
+    g2 = odediff.TunedGrid.load(tmp_path / "grid.json")
+    assert g2 == g
+    x = noises(4, 4)
+    y, info = odediff.sample(model, x, return_info=True, **g2.kwargs())
+    assert info.nfe == 8 and torch.equal(y, odediff.sample(model, x, **g.kwargs()))
+
+
+def test_tune_weights_needs_adams():
+    model = gmm_digits()
+    with pytest.raises(ValueError, match="tune_weights: euler has no multistep weights"):
+        odediff.tune_grid(model, solver="euler", noises=noises(2, 0), progress=False, tune_weights=True)
+    with pytest.raises(ValueError, match="tune_weights, blend"):
+        odediff.tune_grid(model, noises=noises(2, 0), progress=False, tune_weights=True, blend=(1.0,) * 10)

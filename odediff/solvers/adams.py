@@ -8,7 +8,10 @@ u_i, u_{i−1}, …, u_{i−k+1} (k ramps up from 1 as history accumulates):
 with ℓ_j the Lagrange basis. In σ (``variable="sigma"``) w = 1. In λ = log σ
 (``variable="log_sigma"``) w = e^λ, since dσ = e^λ dλ: the exponential-integrator form.
 ``weights="fixed"`` uses the constant-step weights (as if the past steps had the size of the
-current one) on the actual grid, as iPNDM does. All b_ij are computed once per grid in float64.
+current one) on the actual grid, as iPNDM does. ``blend`` (one β_i per interval, e.g. found by
+:func:`odediff.tune_grid` with ``tune_weights=True``) mixes the orders of each step,
+b_i = β_i·b_i^(k) + (1 − β_i)·b_i^(k−1); any β keeps the step consistent (Σ_j b_ij = ∫ w du),
+β_i = 1 is plain Adams. All b_ij are computed once per grid in float64.
 The interval touching σ = 0 is one Euler step, as for every solver.
 """
 
@@ -66,6 +69,7 @@ class Adams(Solver):
     variable: Literal["sigma", "log_sigma"] = "sigma"
     weights: Literal["exact", "fixed"] = "fixed"
     corrector: bool = False
+    blend: tuple[float, ...] = ()
     name: str = "adams"
 
     def __post_init__(self) -> None:
@@ -77,6 +81,13 @@ class Adams(Solver):
             raise ValueError(f"weights: expected 'exact' or 'fixed', got {self.weights!r}")
         if not isinstance(self.corrector, bool):
             raise ValueError(f"corrector: expected True or False, got {self.corrector!r}")
+        try:  # a list (e.g. from a JSON file) becomes a tuple, so the solver stays hashable
+            blend = tuple(float(b) for b in self.blend)
+        except (TypeError, ValueError):
+            raise ValueError(f"blend: expected a sequence of numbers, got {self.blend!r}") from None
+        if not all(math.isfinite(b) for b in blend):
+            raise ValueError(f"blend: expected finite numbers, got {blend}")
+        object.__setattr__(self, "blend", blend)
 
     def intervals(self, nfe: int) -> int:
         return check_nfe(nfe, self.name)
@@ -101,11 +112,20 @@ class Adams(Solver):
                 nodes = [u[i] - j * (u[hi] - u[lo]) for j in range(k)]
             else:
                 nodes = u[i - k + 1 : i + 1][::-1]
-            out.append(tuple(ab_weights(nodes, u[hi], self.variable, start=u[lo])))
+            b = ab_weights(nodes, u[hi], self.variable, start=u[lo])
+            beta = self.blend[i] if self.blend and not moulton else 1.0
+            if beta != 1.0 and k > 1:
+                lower = [*ab_weights(nodes[:-1], u[hi], self.variable, start=u[lo]), 0.0]
+                b = [beta * x + (1 - beta) * y for x, y in zip(b, lower)]
+            out.append(tuple(b))
         return tuple(out)
 
     def init(self, sigmas, xbar, *, nfe=None, generator=None) -> GridState:
         sig = tuple(float(s) for s in sigmas)
+        if self.blend and len(self.blend) != len(sig) - 1:
+            raise ValueError(
+                f"blend: expected one value per interval of the grid ({len(sig) - 1}), got {len(self.blend)}"
+            )
         am = self.coefficients(sig, moulton=True) if self.corrector else None
         return GridState(sig, 0, (self.coefficients(sig), (), am, None))
 
