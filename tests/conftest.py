@@ -60,3 +60,15 @@ def gauss():
 def tiny_net():
     torch.manual_seed(0)
     return TinyNet().eval()
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """A tiny random diffusers UNet2DModel (3 channels, 8×8), the same for every test module."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        in_channels=3, out_channels=3, sample_size=8, block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()  # fmt: skip

@@ -29,15 +29,6 @@ def ddim(prediction="epsilon", spacing="leading", steps=10, beta_schedule="linea
 
 
 @pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        in_channels=3, out_channels=3, **BLOCKS,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()  # fmt: skip
-
-
-@pytest.fixture(scope="module")
 def cond_unet():
     torch.manual_seed(0)
     return diffusers.UNet2DConditionModel(

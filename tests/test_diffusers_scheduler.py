@@ -16,18 +16,8 @@ from odediff.grids import make_grid
 diffusers = pytest.importorskip("diffusers")
 from odediff.diffusers import ODEScheduler  # noqa: E402
 
-BLOCKS = dict(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
 SHAPE = (2, 3, 8, 8)
 FIXED = sorted(name for name, s in odediff.SOLVERS.items() if not s.adaptive)
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        in_channels=3, out_channels=3, **BLOCKS,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()  # fmt: skip
 
 
 @pytest.fixture(scope="module")
