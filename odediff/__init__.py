@@ -1,8 +1,9 @@
 """odediff: diffusion sampling as solving the probability-flow ODE dx̄/dσ = ε(x̄, σ)."""
 
-from .adapters import Guided, from_denoiser, from_diffusers, to_denoiser
-from .api import decode, encode, plan, sample, slerp
-from .grids import GRIDS
+from .adapters import from_denoiser, from_diffusers, to_denoiser
+from .api import decode, encode, sample, slerp
+from .grids import GRIDS, plan
+from .guidance import Guided
 from .integrate import BudgetExceeded, Info, Step, integrate
 from .latent import Latent
 from .models import EpsModel, Model

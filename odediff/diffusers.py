@@ -1,18 +1,17 @@
 """odediff's solvers as a diffusers scheduler: ``pipe.scheduler = ODEScheduler.from_config(...)``.
 
 A diffusers pipeline owns the loop: it calls the UNet at ``scheduler.timesteps[i]`` on the
-sample it holds and hands the output to ``scheduler.step``. odediff's solvers own theirs: a
-step calls ``field(x̄, σ)`` as often as it needs. :class:`ODEScheduler` joins the two by
-*replay*. It keeps the solver's float64 state x̄ and the ε's the pipeline has delivered for the
-step under way; each ``step`` re-runs ``solver.step`` with a field that answers from those ε's
-and stops at the first evaluation it does not have. That point (x̄, σ) becomes the next sample
-x_t = x̄/sqrt(1+σ²) and timestep t(σ) the pipeline feeds the UNet; when the solver step
-completes, its result is committed. One timestep per network evaluation, planned before the
-loop by a dry run of the same solver on the grid, so ``num_inference_steps`` is the NFE.
+sample it holds and hands the output to ``scheduler.step``. odediff's solver steps are
+generators that yield each point (x̄, σ) where they need ε (:mod:`odediff.solvers.base`), so
+:class:`ODEScheduler` keeps the step under way suspended between pipeline calls: a yielded point
+becomes the next sample x_t = x̄/sqrt(1+σ²) and timestep t(σ), and the UNet's output at it is
+sent back as ε. Steps are walked interval by interval with the integrate loop's own
+:func:`~odediff.integrate.interval` (so the σ = 0 rule is the loop's). One timestep per network
+evaluation, planned before the loop by a dry run of the same steps on the grid, so
+``num_inference_steps`` is the NFE.
 
-Evaluations go through odediff's own :class:`~odediff.integrate.CountedField` and
-:func:`~odediff.models.to_eps`, so a pipeline and :func:`odediff.sample` on the same model,
-noise and grid compute the same thing.
+ε comes from :func:`~odediff.models.to_eps`, so a pipeline and :func:`odediff.sample` on the same
+model, noise and grid compute the same thing.
 
 Needs diffusers (``pip install 'odediff[diffusers]'``); ``import odediff`` does not.
 """
@@ -37,9 +36,8 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
         "odediff.diffusers needs the diffusers package: pip install 'odediff[diffusers]'"
     ) from e
 
-from .api import plan
-from .grids import GRIDS
-from .integrate import CountedField
+from .grids import GRIDS, plan
+from .integrate import interval
 from .models import PREDICTIONS, to_eps
 from .schedules import DiscreteSchedule
 from .solvers import SOLVERS, Solver, get_solver
@@ -61,62 +59,28 @@ class ODESchedulerOutput(BaseOutput):
 
 @dataclass(frozen=True)
 class _Evaluation:
-    sigma: float  # σ of the evaluation (≥ σ_min: CountedField's clamp)
-    step: int  # index of the solver step (grid interval) it belongs to
-    first: bool  # the step's first evaluation, made at the step's starting x̄
+    sigma: float  # σ of the evaluation
+    step: int  # index of the grid interval it belongs to
+    first: bool  # the interval's first evaluation, made at its starting x̄
 
 
-class _Pending(Exception):
-    """The solver asked for an evaluation the pipeline has not delivered yet."""
-
-    def __init__(self, xbar: Tensor, sigma: float):
-        super().__init__(sigma)
-        self.xbar, self.sigma = xbar, sigma
-
-
-class _Replay:
-    """A model whose ε's are the ones delivered for the current step, in order; the first
-    evaluation beyond them raises :class:`_Pending` with the point it wants."""
-
-    def __init__(self, schedule: DiscreteSchedule, delivered: list[Tensor]):
-        self.schedule = schedule
-        self.delivered = delivered
-        self.calls = 0
-
-    def eps(self, xbar: Tensor, sigma: float) -> Tensor:
-        if self.calls == len(self.delivered):
-            raise _Pending(xbar, sigma)
-        self.calls += 1
-        return self.delivered[self.calls - 1]
-
-
-class _Recorder:
-    """A model that records where it is evaluated (a dry run of a plan); ε = 0."""
-
-    def __init__(self, schedule: DiscreteSchedule):
-        self.schedule = schedule
-        self.evaluations: list[_Evaluation] = []
-        self.step, self.first = 0, True
-
-    def eps(self, xbar: Tensor, sigma: float) -> Tensor:
-        self.evaluations.append(_Evaluation(sigma, self.step, self.first))
-        self.first = False
-        return torch.zeros_like(xbar)
-
-
-def _dry_run(
-    solver: Solver, schedule: DiscreteSchedule, sigmas: Tensor, nfe: int | None
-) -> list[_Evaluation]:
+def _dry_run(solver: Solver, sigmas: Tensor, nfe: int | None) -> list[_Evaluation]:
     """The evaluations a fixed-step solver makes on ``sigmas``: they depend on the grid alone."""
-    rec = _Recorder(schedule)
-    fld = CountedField(rec, torch.float64)
+    sig = tuple(float(v) for v in sigmas)
+    out: list[_Evaluation] = []
     x = torch.zeros(1, dtype=torch.float64)
     # a private generator: a stochastic solver's draws must not touch the global RNG here
-    state = solver.init(sigmas, x, nfe=nfe, generator=torch.Generator().manual_seed(0))
-    while not state.done:
-        rec.step, rec.first = state.index, True
-        x, state = solver.step(fld, x, state)
-    return rec.evaluations
+    state = solver.init(sig, nfe=nfe, generator=torch.Generator().manual_seed(0))
+    for k in range(len(sig) - 1):
+        gen = interval(solver, sig[k], sig[k + 1], x, state)
+        try:
+            point = next(gen)
+            while True:
+                out.append(_Evaluation(point[1], k, not out or out[-1].step != k))
+                point = gen.send(torch.zeros_like(x))
+        except StopIteration as stop:
+            x, state = stop.value
+    return out
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -124,11 +88,37 @@ def _work_dtype(device: torch.device) -> torch.dtype:
 
 
 class _Run:
-    """A solve under way: the solver's state and the ε's delivered for the step in progress."""
+    """A solve under way: the interval k being stepped, its suspended step, the state it started
+    from, and ``point`` = (x̄, σ) where it waits for ε (σ is None once the grid is done)."""
 
-    def __init__(self, xbar: Tensor, state: Any, offset: int):
-        self.xbar, self.state, self.offset = xbar, state, offset
-        self.delivered: list[Tensor] = []
+    def __init__(
+        self, solver: Solver, grid: tuple[float, ...], k: int, xbar: Tensor, state: Any, offset: int
+    ):
+        self.solver, self.grid, self.k, self.state, self.offset = solver, grid, k, state, offset
+        self.point = self._begin(xbar)
+
+    def _begin(self, xbar: Tensor) -> tuple[Tensor, float | None]:
+        while self.k < len(self.grid) - 1:
+            self.gen = interval(self.solver, self.grid[self.k], self.grid[self.k + 1], xbar, self.state)
+            try:
+                return next(self.gen)
+            except StopIteration as stop:  # an interval that needs no evaluation
+                xbar, self.state = stop.value
+                self.k += 1
+        return xbar, None
+
+    def restart(self, xbar: Tensor) -> None:
+        """Step interval k afresh from x̄ (the pipeline changed the sample it was given)."""
+        self.point = self._begin(xbar)
+
+    def send(self, eps: Tensor) -> tuple[Tensor, float | None]:
+        try:
+            self.point = self.gen.send(eps)
+        except StopIteration as stop:
+            xbar, self.state = stop.value
+            self.k += 1
+            self.point = self._begin(xbar)
+        return self.point
 
 
 class ODEScheduler(SchedulerMixin, ConfigMixin):
@@ -277,12 +267,12 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         give the grid itself; the solver then spends what it needs on it.
         """
         cfg = self.config
-        solver, model = self._solver, _Recorder(self.schedule)
+        solver, sched = self._solver, self.schedule
         if timesteps is not None or sigmas is not None:
             if timesteps is not None and sigmas is not None:
                 raise ValueError("timesteps, sigmas: give one of them, not both")
             if timesteps is not None:
-                grid = plan(model, solver, None, timesteps=timesteps)
+                grid = plan(sched, solver, None, timesteps=timesteps)
             else:
                 grid = self._custom_grid(sigmas)
             budget, name = None, "sigmas"
@@ -296,13 +286,13 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError("num_inference_steps: expected the number of network evaluations, got None")
             try:
                 if cfg.grid == SPACING_GRID:
-                    grid = plan(model, solver, budget, timesteps=self._spacing(solver.intervals(budget)))
+                    grid = plan(sched, solver, budget, timesteps=self._spacing(solver.intervals(budget)))
                 else:
-                    grid = plan(model, solver, budget, grid=cfg.grid)
+                    grid = plan(sched, solver, budget, grid=cfg.grid)
             except ValueError as e:
                 raise _renamed(e, name) from None
         try:
-            evaluations = _dry_run(solver, self.schedule, grid, budget)
+            evaluations = _dry_run(solver, grid, budget)
         except ValueError as e:
             raise _renamed(e, name) from None
         if budget is not None and len(evaluations) != budget:  # a planning bug, never the user's
@@ -344,7 +334,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().flatten()
         if s.numel() and s[-1] != 0:
             s = torch.cat([s, s.new_zeros(1)])  # a sampling loop ends at x_0
-        return plan(_Recorder(self.schedule), self._solver, nfe, sigmas=s)
+        return plan(self.schedule, self._solver, nfe, sigmas=s)
 
     # -------------------------------------------------------------------------------- stepping
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
@@ -363,11 +353,11 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
     ) -> ODESchedulerOutput | tuple[Tensor]:
         """Deliver the UNet's output at ``timesteps[i]`` and get the sample for ``timesteps[i+1]``.
 
-        The output becomes ε = ``to_eps(model_output, sample, σ_i, prediction_type)``; the solver
-        step under way is replayed with the ε's delivered so far. ``generator`` feeds a
-        stochastic solver (``ddim`` with η > 0). ``eta`` is DDIMPipeline's: 0 (its default) is
-        accepted by any solver; set η in ``solver_options`` instead. ``use_clipped_model_output``
-        is accepted and ignored (no clipping).
+        The output becomes ε = ``to_eps(model_output, sample, σ_i, prediction_type)`` and is sent
+        to the solver step under way, which runs on to the point where it needs the next ε.
+        ``generator`` feeds a stochastic solver (``ddim`` with η > 0). ``eta`` is DDIMPipeline's:
+        0 (its default) is accepted by any solver; set η in ``solver_options`` instead.
+        ``use_clipped_model_output`` is accepted and ignored (no clipping).
         """
         if self.timesteps is None:
             raise RuntimeError("set_timesteps: call scheduler.set_timesteps(num_inference_steps) before step")
@@ -386,7 +376,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             )
         t = float(torch.as_tensor(timestep).reshape(-1)[0])
         if self._run is None:
-            self._start(t, sample)
+            self._start(t, sample, generator)
         i = self._index
         if i >= len(self._plan):
             raise RuntimeError(
@@ -399,11 +389,17 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             )
         ev, run = self._plan[i], self._run
         if i > run.offset and ev.first and not self._same_as_returned(sample):
-            run.xbar = sample.to(run.xbar.dtype) * math.sqrt(1 + ev.sigma * ev.sigma)  # the caller's sample
+            run.restart(sample.to(run.point[0].dtype) * math.sqrt(1 + ev.sigma * ev.sigma))  # the caller's
         eps = to_eps(model_output, sample, ev.sigma, self.config.prediction_type)
-        run.delivered.append(eps)
         self._index += 1
-        prev = self._advance(sample.dtype, generator)
+        xbar, sigma = run.send(eps)
+        if sigma is None:
+            if self._index != len(self._plan):
+                raise RuntimeError(f"{self._solver.name} finished after {self._index} of {len(self._plan)}")
+            sigma = float(self._grid[-1])
+        elif self._index >= len(self._plan) or sigma != self._plan[self._index].sigma:
+            raise RuntimeError(f"{self._solver.name} left its plan at σ={sigma:.6g}")
+        prev = (xbar / math.sqrt(1 + sigma * sigma)).to(sample.dtype)  # as EpsModel feeds its network
         self._last = prev
         x0 = sample * math.sqrt(1 + ev.sigma * ev.sigma) - ev.sigma * eps.to(sample.dtype)
         if not return_dict:
@@ -419,7 +415,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             and sample.device == last.device and torch.equal(sample, last)
         )  # fmt: skip
 
-    def _start(self, t: float, sample: Tensor) -> None:
+    def _start(self, t: float, sample: Tensor, generator: torch.Generator | list | None) -> None:
         """Begin the solve at ``begin_index`` (or at the entry ``t`` names), from ``sample``."""
         k = self._begin_index
         if k is None:
@@ -435,50 +431,25 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
                 f"begin_index: expected an index into the {len(self._plan)} timesteps, got {k!r}"
             )
         ev = self._plan[k]
-        grid = self._grid[ev.step :]
-        nfe = self._nfe if self._nfe is None or k == 0 else len(self._plan) - k
         if k > 0 and not ev.first:
             raise ValueError(
                 f"begin_index: timesteps[{k}] is the second evaluation of a {self._solver.name} step; "
                 "start at the first evaluation of a step"
             )
-        if k > 0 and [e.sigma for e in _dry_run(self._solver, self.schedule, grid, nfe)] != [
+        grid = self._grid[ev.step :]
+        nfe = self._nfe if self._nfe is None or k == 0 else len(self._plan) - k
+        if k > 0 and [e.sigma for e in _dry_run(self._solver, grid, nfe)] != [
             e.sigma for e in self._plan[k:]
         ]:
             raise ValueError(f"begin_index: {self._solver.name} cannot restart at timesteps[{k}]")
+        if self._solver.stochastic and isinstance(generator, list):
+            raise ValueError(
+                f"generator: {self._solver.name} draws its noise from one torch.Generator, got a list"
+            )
         xbar = sample.to(_work_dtype(sample.device)) * math.sqrt(1 + ev.sigma * ev.sigma)
-        state = self._solver.init(grid, xbar, nfe=nfe)
-        self._run, self._index = _Run(xbar, state, k), k
-
-    def _advance(self, net_dtype: torch.dtype, generator: torch.Generator | None) -> Tensor:
-        """Replay the solver with the ε's delivered: the next evaluation's x_t, or x_0 at the end."""
-        run, solver = self._run, self._solver
-        while True:
-            replay = _Replay(self.schedule, run.delivered)
-            fld = CountedField(replay, net_dtype)
-            fld.step = run.state.index
-            state = run.state
-            if solver.stochastic:
-                if isinstance(generator, list):
-                    raise ValueError(
-                        f"generator: {solver.name} draws its noise from one torch.Generator, got a list"
-                    )
-                state = state._replace(generator=generator)
-                saved = generator.get_state() if generator is not None else torch.get_rng_state()
-            try:
-                xbar, state = solver.step(fld, run.xbar, state)
-            except _Pending as p:
-                if solver.stochastic:  # undo draws of an unfinished attempt; the finished one redraws
-                    (generator.set_state if generator is not None else torch.set_rng_state)(saved)
-                if self._index >= len(self._plan) or p.sigma != self._plan[self._index].sigma:
-                    raise RuntimeError(f"{solver.name} left its plan at σ={p.sigma:.6g}") from None
-                return p.xbar / math.sqrt(1 + p.sigma * p.sigma)  # as EpsModel feeds its network
-            run.xbar, run.state, run.delivered = xbar, state, []
-            if state.done:
-                if self._index != len(self._plan):
-                    raise RuntimeError(f"{solver.name} finished after {self._index} of {len(self._plan)}")
-                end = float(self._grid[-1])
-                return (xbar / math.sqrt(1 + end * end)).to(net_dtype)
+        sig = tuple(float(v) for v in grid)
+        state = self._solver.init(sig, nfe=nfe, generator=generator)
+        self._run, self._index = _Run(self._solver, sig, 0, xbar, state, k), k
 
     # ---------------------------------------------------------------------------------- noising
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor | float) -> Tensor:

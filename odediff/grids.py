@@ -1,28 +1,37 @@
 """σ grids: pure functions ``(schedule, n) -> σ`` returning n+1 decreasing float64 values.
 
-Every family starts at σ_max, puts its last positive point at σ_min and ends at 0, so a grid
-of n intervals has n points where a solver may evaluate the model. Grids for encoding are
-the same grids reversed.
+A grid of n intervals starts at σ_max and ends at 0; its n positive points are where a solver
+may evaluate the model, and the last of them, σ_last, is where the final step x̂_0 = x̄ − σ·ε is
+taken from. Each family spaces its points by a parameter u ∈ [0, 1] (u = 1 at σ_max, u = 0 at
+σ_min, in the family's own variable: t, σ^{1/ρ}, log σ) and takes u_i = 1 − i·(1 − u_last)/(n − 1)
+for i < n: ``sigma_last`` (a σ in [σ_min, σ_max]) sets u_last. Grids for encoding are the same
+grids reversed. :func:`plan` turns a solver's budget or an explicit grid into the grid it uses.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .schedules import DiscreteSchedule
 
+if TYPE_CHECKING:
+    from .solvers import Solver
+
 __all__ = [
     "DEFAULT_GRID",
+    "DEFAULT_NFE",
     "GRIDS",
     "check_sigmas",
     "from_timesteps",
     "karras",
     "log_snr",
     "make_grid",
+    "plan",
     "power_t",
     "quadratic_t",
     "uniform_t",
@@ -31,40 +40,67 @@ __all__ = [
 Grid = Callable[..., Tensor]
 
 
-def _with_zero(sigmas: Tensor) -> Tensor:
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
+def _unit(n: int, u_last: float) -> Tensor:
+    """u_i = 1 − i·(1 − u_last)/(n − 1), i = 0 … n − 1 (just [1] when n = 1)."""
+    if n == 1:
+        return torch.ones(1, dtype=torch.float64)
+    return 1 - torch.arange(n, dtype=torch.float64) * ((1 - u_last) / (n - 1))
 
 
-def _unit(n: int) -> Tensor:
-    """u = 1, …, 0 in n points (just [1] when n = 1)."""
-    return torch.linspace(1, 0, n, dtype=torch.float64) if n > 1 else torch.ones(1, dtype=torch.float64)
+def _last_u(schedule: DiscreteSchedule, n: int, sigma_last: float | None, to_u: Callable[[float], float]):
+    if sigma_last is None:
+        return 0.0
+    s = float(sigma_last)
+    if not (math.isfinite(s) and schedule.sigma_min <= s <= schedule.sigma_max):
+        raise ValueError(
+            f"sigma_last: expected a noise level within [σ_min, σ_max] = [{schedule.sigma_min:.6g}, "
+            f"{schedule.sigma_max:.6g}], got {sigma_last!r}"
+        )
+    if n == 1 and s != schedule.sigma_max:
+        raise ValueError(f"sigma_last: a 1-interval grid's only positive point is σ_max, got {s:.6g}")
+    return min(1.0, max(0.0, to_u(s)))
 
 
-def power_t(schedule: DiscreteSchedule, n: int, p: float = 1.0) -> Tensor:
-    """Timesteps t_i = (T−1)·u_i^p, u uniform from 1 to 0; p = 1 is DDIM's linear τ."""
-    return _with_zero(schedule.sigma_of_t((schedule.T - 1) * _unit(n) ** p))
+def _spaced(schedule, n, sigma_of_u, u_of_sigma, sigma_last) -> Tensor:
+    u = _unit(n, _last_u(schedule, n, sigma_last, u_of_sigma))
+    return torch.cat([sigma_of_u(u), torch.zeros(1, dtype=torch.float64)])
 
 
-def uniform_t(schedule: DiscreteSchedule, n: int) -> Tensor:
+def power_t(schedule: DiscreteSchedule, n: int, p: float = 1.0, sigma_last: float | None = None) -> Tensor:
+    """Timesteps t_i = (T−1)·u_i^p; p = 1 is DDIM's linear τ, p = 2 its quadratic τ."""
+    T1 = schedule.T - 1
+    return _spaced(
+        schedule, n, lambda u: schedule.sigma_of_t(T1 * u**p),
+        lambda s: (schedule.t_of_sigma(s) / T1) ** (1 / p), sigma_last,
+    )  # fmt: skip
+
+
+def uniform_t(schedule: DiscreteSchedule, n: int, sigma_last: float | None = None) -> Tensor:
     """Uniform in t (the DDIM paper's linear τ), fractional timesteps allowed."""
-    return power_t(schedule, n, 1.0)
+    return power_t(schedule, n, 1.0, sigma_last)
 
 
-def quadratic_t(schedule: DiscreteSchedule, n: int) -> Tensor:
+def quadratic_t(schedule: DiscreteSchedule, n: int, sigma_last: float | None = None) -> Tensor:
     """Quadratic in t (the DDIM paper's quadratic τ): t_i = (T−1)·u_i²."""
-    return power_t(schedule, n, 2.0)
+    return power_t(schedule, n, 2.0, sigma_last)
 
 
-def karras(schedule: DiscreteSchedule, n: int, rho: float = 7.0) -> Tensor:
-    """Karras et al. (2022): σ_i = (σ_max^{1/ρ} + u'_i (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, u' = 1 − u."""
+def karras(schedule: DiscreteSchedule, n: int, rho: float = 7.0, sigma_last: float | None = None) -> Tensor:
+    """Karras et al. (2022): σ_i = (σ_min^{1/ρ} + u_i (σ_max^{1/ρ} − σ_min^{1/ρ}))^ρ."""
     lo, hi = schedule.sigma_min ** (1 / rho), schedule.sigma_max ** (1 / rho)
-    return _with_zero((lo + _unit(n) * (hi - lo)) ** rho)
+    return _spaced(
+        schedule, n, lambda u: (lo + u * (hi - lo)) ** rho, lambda s: (s ** (1 / rho) - lo) / (hi - lo),
+        sigma_last,
+    )  # fmt: skip
 
 
-def log_snr(schedule: DiscreteSchedule, n: int) -> Tensor:
+def log_snr(schedule: DiscreteSchedule, n: int, sigma_last: float | None = None) -> Tensor:
     """Uniform in log σ (= −½ log SNR)."""
     lo, hi = math.log(schedule.sigma_min), math.log(schedule.sigma_max)
-    return _with_zero(torch.exp(lo + _unit(n) * (hi - lo)))
+    return _spaced(
+        schedule, n, lambda u: torch.exp(lo + u * (hi - lo)), lambda s: (math.log(s) - lo) / (hi - lo),
+        sigma_last,
+    )  # fmt: skip
 
 
 def from_timesteps(schedule: DiscreteSchedule, timesteps: Sequence[float] | Tensor) -> Tensor:
@@ -77,7 +113,7 @@ def from_timesteps(schedule: DiscreteSchedule, timesteps: Sequence[float] | Tens
         raise ValueError(f"timesteps: expected values in [0, {schedule.T - 1}], got {t.tolist()}")
     if t.numel() > 1 and not (t[1:] < t[:-1]).all():
         raise ValueError("timesteps: expected a strictly decreasing sequence")
-    return _with_zero(schedule.sigma_of_t(t))
+    return torch.cat([schedule.sigma_of_t(t), torch.zeros(1, dtype=torch.float64)])
 
 
 GRIDS: dict[str, Grid] = {
@@ -88,20 +124,28 @@ GRIDS: dict[str, Grid] = {
     "log_snr": log_snr,
 }
 DEFAULT_GRID = "quadratic_t"
+DEFAULT_NFE = 20
 
 
 def make_grid(schedule: DiscreteSchedule, n: int, grid: str | Grid | None = None, **options) -> Tensor:
-    """Build ``grid`` (a name in :data:`GRIDS` or a callable) with n intervals."""
+    """Build ``grid`` (a name in :data:`GRIDS` or a callable ``(schedule, n) -> σ``) with n intervals."""
     fn = GRIDS.get(grid or DEFAULT_GRID) if not callable(grid) else grid
     if fn is None:
         raise ValueError(f"grid: unknown grid {grid!r}; expected one of {sorted(GRIDS)} or a callable")
-    return check_sigmas(fn(schedule, n, **options), schedule, "grid")
+    s = check_sigmas(fn(schedule, n, **options), schedule, "grid")
+    if len(s) != n + 1 or s[0] < s[-1]:
+        raise ValueError(
+            f"grid: expected {n + 1} decreasing noise levels (n = {n} intervals), got {len(s)} "
+            f"{'decreasing' if s[0] > s[-1] else 'increasing'}"
+        )
+    return s
 
 
 def check_sigmas(
     sigmas: Sequence[float] | Tensor, schedule: DiscreteSchedule, name: str = "sigmas"
 ) -> Tensor:
-    """Validate an explicit grid: ≥ 2 finite values, strictly monotone, within [0, σ_max]."""
+    """Validate an explicit grid: ≥ 2 finite values, strictly monotone, each 0 or within
+    [σ_min, σ_max] (to float32 rounding, which is clamped away)."""
     s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().flatten()
     if s.numel() < 2:
         raise ValueError(f"{name}: expected at least 2 noise levels, got {s.numel()}")
@@ -110,10 +154,46 @@ def check_sigmas(
     d = s[1:] - s[:-1]
     if not ((d < 0).all() or (d > 0).all()):
         raise ValueError(f"{name}: expected a strictly monotone sequence, got {s.tolist()}")
-    tol = 2.0**-22 * schedule.sigma_max  # σ_max rounded to float32 still counts as σ_max
-    if s.min() < 0 or s.max() > schedule.sigma_max + tol:
+    lo, hi = schedule.sigma_min, schedule.sigma_max
+    tol = 2.0**-22  # σ rounded to float32 still counts
+    pos = s[s != 0]
+    if (s < 0).any() or (pos < lo * (1 - tol)).any() or (pos > hi * (1 + tol)).any():
         raise ValueError(
-            f"{name}: expected values within [0, σ_max = {schedule.sigma_max:.6g}], "
-            f"got [{float(s.min()):.6g}, {float(s.max()):.6g}]"
+            f"{name}: expected 0 or noise levels within [σ_min, σ_max] = [{lo:.6g}, {hi:.6g}] (the model "
+            f"exists only there), got {[round(v, 6) for v in s.tolist()]}"
         )
-    return s.clamp(max=schedule.sigma_max)
+    return torch.where(s == 0, s, s.clamp(lo, hi))
+
+
+def plan(
+    schedule: DiscreteSchedule,
+    solver: Solver,
+    nfe: int | None = None,
+    sigmas: Sequence[float] | Tensor | None = None,
+    timesteps: Sequence[float] | Tensor | None = None,
+    grid: str | Grid | None = None,
+) -> Tensor:
+    """The decreasing σ grid a solve will use (float64), from exactly one way of giving it: a
+    budget ``nfe`` (default :data:`DEFAULT_NFE`) with a ``grid`` family, or explicit ``sigmas``
+    or ``timesteps``. An adaptive solver integrates [σ_max, σ_min] and then steps to 0."""
+    if sigmas is not None and timesteps is not None:
+        raise ValueError("sigmas, timesteps: give one of them, not both")
+    if sigmas is not None or timesteps is not None:
+        if grid is not None:
+            raise ValueError("grid: not used when sigmas or timesteps are given; drop one")
+        s = check_sigmas(sigmas, schedule) if sigmas is not None else from_timesteps(schedule, timesteps)
+        if s[0] < s[-1]:
+            raise ValueError("sigmas: expected a decreasing grid (encode reverses it itself)")
+        if nfe is not None and not solver.adaptive and solver.intervals(nfe) != len(s) - 1:
+            raise ValueError(
+                f"nfe: {solver.name} spends nfe={nfe} on {solver.intervals(nfe)} intervals, but "
+                f"the grid given has {len(s) - 1}; drop nfe or give a matching grid"
+            )
+        return s
+    if solver.adaptive:
+        if nfe is not None:
+            solver.intervals(nfe)  # raises the solver's own explanation
+        if grid is not None:
+            raise ValueError(f"grid: {solver.name} is adaptive and chooses its own steps; drop grid")
+        return torch.tensor([schedule.sigma_max, schedule.sigma_min, 0.0], dtype=torch.float64)
+    return make_grid(schedule, solver.intervals(DEFAULT_NFE if nfe is None else nfe), grid)

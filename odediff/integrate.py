@@ -1,7 +1,18 @@
-"""The single integration loop: counting, checks, direction, progress, callbacks, info.
+"""The single integration loop: it owns the grid, takes the step into σ = 0, counts, checks,
+reports progress, calls callbacks and returns the info.
 
-Every solver integrates dx̄/dσ = ε(x̄, σ) over a σ grid whose sign gives the direction;
-network evaluations are counted here, in :class:`CountedField`, and nowhere else.
+Every solver integrates dx̄/dσ = ε(x̄, σ) one interval at a time (:mod:`odediff.solvers.base`);
+the sign of the grid gives the direction. Network evaluations are counted here, in
+:class:`CountedField`, and nowhere else.
+
+**The σ = 0 rule.** The model exists only on [σ_min, σ_max], so the interval touching σ = 0 is
+one evaluation at its start (at σ_min when the start is 0) and the solver's :meth:`to_zero`
+update with it — Euler, x̂_0 = x̄ − σ_k·ε(σ_k), from the grid's last positive point σ_k.
+
+**The dtype policy.** The state x̄ = x·sqrt(1+σ²) spans σ_max/σ_min in scale, so the solver keeps
+it in float64 (float32 on MPS, which has no float64); this costs elementwise work only. The
+network runs in its parameters' dtype; a network without parameters runs in the caller's dtype
+(the noise's, or that of the image a latent was encoded from). The result has the caller's dtype.
 """
 
 from __future__ import annotations
@@ -9,25 +20,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .models import Model
+from .solvers.base import FIELD, Solver, StepGen
 
-__all__ = ["BudgetExceeded", "CountedField", "Info", "Step", "integrate"]
+__all__ = ["BudgetExceeded", "CountedField", "Info", "Step", "drive", "integrate", "interval", "work_dtypes"]
+
+CHECK_EVERY = 16  # evaluations between finiteness checks (each one is a device-to-host sync)
 
 
 class BudgetExceeded(RuntimeError):
     """Raised when a solve would need more network evaluations than ``max_nfe``."""
 
 
+def work_dtypes(model: Model, dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(state dtype, network dtype) for a caller's ``dtype``: the policy in this module's docstring."""
+    net = model.parameters_like()
+    return (torch.float32 if device.type == "mps" else torch.float64), (dtype if net is None else net[1])
+
+
 class CountedField:
     """ε(x̄, σ) of a model, counting calls and checking what the network returns.
 
-    σ below σ_min is evaluated at σ_min (the model does not exist below it). Inputs are cast
-    to the network's dtype; ε is returned as the network gave it, and each solver update
-    x̄ + h·ε promotes it to the float64 state within the same operation.
+    σ below σ_min is evaluated at σ_min. Inputs are cast to the network's dtype; ε is returned
+    as the network gave it (each solver update x̄ + h·ε promotes it to the state's dtype). NaN
+    and Inf are looked for every :data:`CHECK_EVERY` evaluations and by :meth:`check`, without
+    a sync per evaluation, and reported at the first evaluation that produced them.
     """
 
     def __init__(self, model: Model, net_dtype: torch.dtype, max_nfe: int | None = None):
@@ -38,21 +60,57 @@ class CountedField:
         # a model that knows its network's dtype casts x_t itself, after scaling in float64
         self.casts = getattr(model, "casts_input", False) and model.parameters_like() is not None
         self.nfe = 0
-        self.step = 0  # index of the step under way, for error messages
+        self.step = 0  # index of the interval under way, for messages
+        self._sums: list[Tensor] = []  # one 0-d sum of ε per unchecked evaluation
+        self._where: list[tuple[int, float]] = []
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         if self.max_nfe is not None and self.nfe >= self.max_nfe:
             raise BudgetExceeded(f"max_nfe={self.max_nfe} reached at σ={sigma:.6g}")
         self.nfe += 1
-        s = max(sigma, self.sigma_min)
-        eps = self.model.eps(x if self.casts or x.dtype == self.net_dtype else x.to(self.net_dtype), s)
+        eps = self.model.eps(x if self.casts or x.dtype == self.net_dtype else x.to(self.net_dtype),
+                             max(sigma, self.sigma_min))  # fmt: skip
+        if not isinstance(eps, Tensor):
+            raise TypeError(f"model: ε is {type(eps).__name__}, expected a tensor")
         if eps.shape != x.shape:
             raise ValueError(f"model: ε has shape {tuple(eps.shape)}, expected the input's {tuple(x.shape)}")
-        if not math.isfinite(eps.detach().sum()):  # one reduction: NaN and ±Inf survive a sum
+        self._sums.append(eps.detach().sum())  # NaN and ±Inf survive a sum
+        self._where.append((self.step, sigma))
+        if len(self._sums) >= CHECK_EVERY:
+            self.check()
+        return eps
+
+    def check(self) -> None:
+        """Raise if any evaluation since the last check returned NaN or Inf."""
+        if not self._sums:
+            return
+        ok = torch.stack(self._sums).isfinite().cpu()
+        first = self.nfe - len(self._sums) + 1
+        where, self._sums, self._where = self._where, [], []
+        if not ok.all():
+            j = int((~ok).nonzero()[0])
+            step, sigma = where[j]
             raise FloatingPointError(
-                f"model: returned NaN or Inf at step {self.step}, σ={sigma:.6g} (evaluation {self.nfe})"
+                f"model: returned NaN or Inf at step {step}, σ={sigma:.6g} (evaluation {first + j})"
             )
-        return eps  # in the network's dtype: the solvers' updates promote it to the state's
+
+
+def interval(solver: Solver, s0: float, s1: float, xbar: Tensor, state: Any) -> StepGen:
+    """One interval σ0 → σ1: the solver's step, or the σ = 0 rule (the module docstring)."""
+    if s0 == 0.0 or s1 == 0.0:
+        eps = yield xbar, s0
+        return solver.to_zero(s0, s1, xbar, eps, state)
+    return (yield from solver.step(s0, s1, xbar, state))
+
+
+def drive(gen: StepGen, field: Callable[[Tensor, float], Tensor]):
+    """Run a step generator to its end, answering each point it yields with ``field``."""
+    try:
+        point = next(gen)
+        while True:
+            point = gen.send(field if point is FIELD else field(*point))
+    except StopIteration as stop:
+        return stop.value
 
 
 @dataclass(frozen=True)
@@ -83,68 +141,97 @@ def integrate(
     model: Model,
     x: Tensor,
     sigmas: Tensor,
-    solver,
+    solver: Solver,
     *,
     nfe: int | None = None,
+    dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     max_nfe: int | None = None,
     progress: bool = False,
     callback: Callable[[Step], None] | None = None,
     carry: Tensor | None = None,
+    grad: bool | None = None,
 ) -> tuple[Tensor, Info]:
     """Integrate the VP-scale state ``x`` at σ = sigmas[0] to sigmas[-1]; returns VP-scale x.
 
-    ``nfe``, if given, is a budget the (fixed-step) solver must spend exactly. ``carry`` is a
-    reversible solver's extra starting state (what :attr:`Info.carry` returned when encoding).
+    ``nfe``, if given, is a budget the (fixed-step) solver must spend exactly. ``dtype`` is the
+    caller's (default ``x.dtype``; see the dtype policy). ``carry`` is a reversible solver's
+    extra starting state (what :attr:`Info.carry` returned when encoding). No autograd graph
+    is built unless ``grad`` is True or, by default, ``x`` or ``carry`` requires grad.
 
     x̄ = x·sqrt(1+σ²) is what the solver carries; the result is x̄/sqrt(1+σ_end²).
     """
-    in_dtype = x.dtype
-    # x̄ = x·sqrt(1+σ²) spans σ_max/σ_min in scale: float32 would lose digits ∝ σ_max, so the
-    # state is float64 (elementwise work only; the network still runs in its own dtype)
-    work_dtype = torch.float32 if x.device.type == "mps" else torch.float64
-    net = getattr(model, "parameters_like", lambda: None)()
-    net_dtype = net[1] if net is not None else in_dtype  # a bare callable sees the caller's dtype
+    dtype = x.dtype if dtype is None else dtype
+    work, net_dtype = work_dtypes(model, dtype, x.device)
+    if grad is None:
+        grad = x.requires_grad or (carry is not None and carry.requires_grad)
+    sig = tuple(float(s) for s in sigmas)
     fld = CountedField(model, net_dtype, max_nfe)
-
-    s0, s1 = float(sigmas[0]), float(sigmas[-1])
-    xbar = x.to(work_dtype) * math.sqrt(1 + s0 * s0)  # a new tensor: the input is never touched
-    if carry is None:
-        state = solver.init(sigmas, xbar, nfe=nfe, generator=generator)
-    elif getattr(solver, "reversible", False):
-        state = solver.init(sigmas, xbar, nfe=nfe, generator=generator, carry=carry.to(work_dtype))
-    else:
-        raise ValueError(f"carry: {getattr(solver, 'name', solver)} is not reversible and carries no state")
-    visited = [s0]
+    if carry is not None and not solver.reversible:
+        raise ValueError(f"carry: {solver.name} is not reversible and carries no state")
+    extra = {} if carry is None else {"carry": carry.to(work)}
+    visited, rejected = [sig[0]], 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=state.total, desc=getattr(solver, "name", "solve"), unit="step", leave=False)
-    try:
-        while not state.done:
-            fld.step = state.index
-            xbar, state = solver.step(fld, xbar, state)
-            if state.moved:
-                visited.append(state.sigma)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(nfe=fld.nfe, sigma=f"{state.sigma:.3g}", refresh=False)
-                if callback is not None:
-                    callback(Step(len(visited) - 2, state.sigma, xbar, fld.nfe))
-    finally:
+        total = None if solver.adaptive else len(sig) - 1
+        bar = tqdm(total=total, desc=solver.name, unit="step", leave=False)
+
+    def advance(s: float, x_new: Tensor) -> None:
+        visited.append(s)
         if bar is not None:
-            bar.close()
-    if nfe is not None and fld.nfe != nfe:  # a planning bug, never the user's fault
-        raise RuntimeError(f"{solver.name} spent {fld.nfe} evaluations on a budget of {nfe}")
-    out = (xbar / math.sqrt(1 + s1 * s1)).to(in_dtype)
+            bar.set_postfix(nfe=fld.nfe, sigma=f"{s:.3g}", refresh=False)
+            bar.update(1)
+        if callback is not None:
+            callback(Step(len(visited) - 2, s, x_new, fld.nfe))
+
+    with torch.set_grad_enabled(grad):
+        xbar = x.to(work) * math.sqrt(1 + sig[0] * sig[0])  # a new tensor: the input is never touched
+        state = solver.init(sig, nfe=nfe, generator=generator, **extra)
+        controller = getattr(solver, "controller", None)
+        try:
+            for i in range(len(sig) - 1):
+                fld.step = i
+                s0, s1 = sig[i], sig[i + 1]
+                if controller is None or s0 == 0.0 or s1 == 0.0:
+                    xbar, state = drive(interval(solver, s0, s1, xbar, state), fld)
+                    advance(s1, xbar)
+                    continue
+                # adaptive: trial steps within the interval, accepted by the controller
+                eps0 = fld(xbar, s0)
+                h = controller.initial_h(xbar, eps0, s1 - s0)
+                state, s = solver.remember(state, s0, eps0), s0
+                while s != s1:
+                    end = s + h if abs(h) < abs(s1 - s) * (1 - 1e-12) else s1
+                    x_new, trial = drive(solver.step(s, end, xbar, state), fld)
+                    err = controller.error(xbar, x_new, trial.error)
+                    h = controller.next_h(end - s, err, solver.order - 1)
+                    state = trial  # what it knows of ε stays true whether or not it is accepted
+                    if err <= 1.0:
+                        xbar, s = x_new, end
+                        advance(s, xbar)
+                    else:
+                        rejected += 1
+            fld.check()
+        except BudgetExceeded as e:
+            raise BudgetExceeded(
+                f"max_nfe: {solver.name} used {fld.nfe} evaluations and reached σ={visited[-1]:.6g} of "
+                f"{sig[-1]:.6g} ({e}); raise max_nfe or loosen rtol/atol"
+            ) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        if nfe is not None and fld.nfe != nfe:  # a planning bug, never the user's fault
+            raise RuntimeError(f"{solver.name} spent {fld.nfe} evaluations on a budget of {nfe}")
+        out = (xbar / math.sqrt(1 + sig[-1] * sig[-1])).to(dtype)
     info = Info(
         nfe=fld.nfe,
-        sigmas=torch.as_tensor(sigmas, dtype=torch.float64),
-        solver=getattr(solver, "name", type(solver).__name__),
+        sigmas=torch.tensor(sig, dtype=torch.float64),
+        solver=solver.name,
         steps=len(visited) - 1,
         visited=visited,
-        rejected=getattr(state, "rejected", 0),
-        carry=(xbar, solver.carried(state)) if getattr(solver, "reversible", False) else None,
+        rejected=rejected,
+        carry=(xbar, solver.carried(state)) if solver.reversible else None,
     )
     return out, info

@@ -24,12 +24,17 @@ PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
 @runtime_checkable
 class Model(Protocol):
-    """The protocol every solver relies on."""
+    """The protocol every solve relies on: a schedule, ε, and the network's device and dtype."""
 
     schedule: DiscreteSchedule
 
     def eps(self, xbar: Tensor, sigma: float) -> Tensor:
         """ε at noise level σ for the VE-scaled state x̄ (same shape as x̄)."""
+        ...
+
+    def parameters_like(self) -> tuple[torch.device, torch.dtype] | None:
+        """(device, dtype) of the network's parameters, or None if it has none (it then runs
+        in the caller's dtype: :mod:`odediff.integrate`)."""
         ...
 
 

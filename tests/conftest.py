@@ -26,6 +26,9 @@ class GaussianData:
         self.calls += 1
         return sigma * (xbar - self.mu) / (self.s2 + sigma * sigma)
 
+    def parameters_like(self):
+        return None
+
     def flow(self, xbar0, sigma0: float, sigma1: float):
         return self.mu + (xbar0 - self.mu) * math.sqrt((self.s2 + sigma1**2) / (self.s2 + sigma0**2))
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import odediff
-from odediff.adapters import Guided, from_denoiser, from_diffusers, to_denoiser
+from odediff.adapters import from_denoiser, from_diffusers, to_denoiser
+from odediff.guidance import Guided
 from odediff.schedules import DiscreteSchedule
 
 diffusers = pytest.importorskip("diffusers")

@@ -15,7 +15,7 @@ def test_info_callback_and_progress(gauss, capsys):
         gauss, x, solver="heun", nfe=9, progress=True, callback=seen.append, return_info=True
     )
     assert info.nfe == 9 and info.steps == 5 and info.solver == "heun"
-    assert torch.equal(info.sigmas, odediff.plan(gauss, odediff.get_solver("heun"), nfe=9))
+    assert torch.equal(info.sigmas, odediff.plan(gauss.schedule, odediff.get_solver("heun"), nfe=9))
     assert [s.index for s in seen] == list(range(5))
     assert [s.sigma for s in seen] == info.sigmas[1:].tolist()
     assert seen[-1].nfe == 9 and torch.equal(seen[-1].xbar.to(out.dtype), out)  # σ = 0: x̄ = x
@@ -41,6 +41,9 @@ def test_half_precision_noise(gauss, dtype):
         def eps(self, xbar, sigma):
             seen.append(xbar.dtype)
             return gauss.eps(xbar, sigma)
+
+        def parameters_like(self):
+            return None
 
     # |x| ≤ 2 keeps σ_max²·x (this model's ε numerator) within float16's range
     x = torch.randn(2, 16, generator=torch.Generator().manual_seed(0)).clamp(-2, 2).to(dtype)
@@ -115,6 +118,9 @@ class Bad:
 
     def eps(self, xbar, sigma):
         return self.out(xbar, sigma)
+
+    def parameters_like(self):
+        return None
 
 
 @pytest.mark.parametrize(

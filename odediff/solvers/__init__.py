@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from .adams import Adams
-from .base import GridState, Solver
+from .base import FIELD, Solver, StepGen
 from .external import TorchDiffEq
 from .reversible import BDIA, BELM, TwoStepReversible
 from .rk import DOPRI5, EULER, HEUN, AdaptiveRungeKutta, Controller, RungeKutta, Tableau
@@ -17,14 +17,15 @@ __all__ = [
     "DDIM",
     "DOPRI5",
     "EULER",
+    "FIELD",
     "HEUN",
     "SOLVERS",
     "Adams",
     "AdaptiveRungeKutta",
     "Controller",
-    "GridState",
     "RungeKutta",
     "Solver",
+    "StepGen",
     "Tableau",
     "TorchDiffEq",
     "TwoStepReversible",

@@ -11,20 +11,22 @@ with ℓ_j the Lagrange basis. In σ (``variable="sigma"``) w = 1. In λ = log �
 current one) on the actual grid, as iPNDM does. ``blend`` (one β_i per interval, e.g. found by
 :func:`odediff.tune_grid` with ``tune_weights=True``) mixes the orders of each step,
 b_i = β_i·b_i^(k) + (1 − β_i)·b_i^(k−1); any β keeps the step consistent (Σ_j b_ij = ∫ w du),
-β_i = 1 is plain Adams. All b_ij are computed once per grid in float64.
-The interval touching σ = 0 is one Euler step, as for every solver.
+β_i = 1 is plain Adams. The b_ij are computed in float64 from the σ history the state carries
+(cached: grids repeat). After the interval touching σ = 0 the history starts afresh.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
+from torch import Tensor
 
-from .base import GridState, Solver, check_nfe
+from .base import Solver, StepGen
 
 __all__ = ["Adams", "ab_weights"]
 
@@ -61,6 +63,13 @@ def ab_weights(nodes: list[float], u_next: float, variable: str, start: float | 
     return np.linalg.solve(V.T, M).tolist()
 
 
+class AdamsState(NamedTuple):
+    sigmas: tuple[float, ...] = ()  # σ of the ε history, newest first
+    eps: tuple[Tensor, ...] = ()  # the ε history, newest first
+    index: int = 0  # intervals stepped so far (which ``blend`` value applies)
+    corrected: Tensor | None = None  # the corrector's x̄ at sigmas[0]
+
+
 @dataclass(frozen=True)
 class Adams(Solver):
     """Adams–Bashforth of order ≤ ``order`` (1–4) with coefficients for the actual grid."""
@@ -70,10 +79,10 @@ class Adams(Solver):
     weights: Literal["exact", "fixed"] = "fixed"
     corrector: bool = False
     blend: tuple[float, ...] = ()
-    name: str = "adams"
+    name: ClassVar[str] = "adams"
 
     def __post_init__(self) -> None:
-        if self.order not in (1, 2, 3, 4):
+        if isinstance(self.order, bool) or self.order not in (1, 2, 3, 4):
             raise ValueError(f"order: expected 1, 2, 3 or 4, got {self.order!r}")
         if self.variable not in ("sigma", "log_sigma"):
             raise ValueError(f"variable: expected 'sigma' or 'log_sigma', got {self.variable!r}")
@@ -89,60 +98,69 @@ class Adams(Solver):
             raise ValueError(f"blend: expected finite numbers, got {blend}")
         object.__setattr__(self, "blend", blend)
 
-    def intervals(self, nfe: int) -> int:
-        return check_nfe(nfe, self.name)
+    def init(self, sigmas, *, nfe=None, generator=None) -> AdamsState:
+        if self.blend and len(self.blend) != len(sigmas) - 1:
+            raise ValueError(
+                f"blend: expected one value per interval of the grid ({len(sigmas) - 1}), "
+                f"got {len(self.blend)}"
+            )
+        return AdamsState()
 
-    @lru_cache(maxsize=64)  # noqa: B019 — solvers are immutable and hashable; grids repeat
+    def _weights(self, nodes: tuple[float, ...], lo: float, hi: float, index: int, moulton: bool):
+        """Weights of ε at ``nodes`` (σ, newest first) for ∫ over σ ∈ [lo, hi]."""
+        beta = self.blend[index] if self.blend and not moulton else 1.0
+        return _weights(nodes, lo, hi, self.variable, self.weights == "fixed", beta)
+
     def coefficients(self, sigmas: tuple[float, ...], moulton: bool = False) -> tuple[tuple[float, ...], ...]:
-        """Per step, the weights of the newest ε first: Adams–Bashforth for σ_i → σ_{i+1}, or
-        with ``moulton`` the Adams–Moulton corrector for σ_{i−1} → σ_i through ε_i … ε_{i−k}."""
-        log = self.variable == "log_sigma"
-        u = [(math.log(s) if s > 0 else math.nan) if log else s for s in sigmas]
-        out = []
-        for i in range(len(sigmas) - 1):
-            lo, hi = (i - 1, i) if moulton else (i, i + 1)  # the interval the weights integrate
-            if lo < 0 or sigmas[lo] == 0 or sigmas[hi] == 0:
-                # the interval touching 0 is Euler, uncorrected; ε at σ = 0 joins no polynomial
-                out.append(() if moulton else (sigmas[hi] - sigmas[lo],))
+        """Per interval of the grid, the weights :meth:`step` uses (newest ε first): Adams–Bashforth
+        for σ_i → σ_{i+1}, or with ``moulton`` the corrector for σ_{i−1} → σ_i (empty if none)."""
+        out, hist = [], ()
+        for i, (s0, s1) in enumerate(itertools.pairwise(sigmas)):
+            if s0 == 0 or s1 == 0:  # the interval touching 0: Euler, and the history restarts
+                out.append(() if moulton else (s1 - s0,))
+                hist = ()
                 continue
-            k, most = 1 + moulton, self.order + moulton
-            while k < most and i - k >= 0 and sigmas[i - k] != 0:
-                k += 1
-            if self.weights == "fixed":
-                nodes = [u[i] - j * (u[hi] - u[lo]) for j in range(k)]
+            hist = (s0, *hist)[: self.order + self.corrector]
+            if moulton:
+                out.append(self._weights(hist, hist[1], s0, i, True) if len(hist) > 1 else ())
             else:
-                nodes = u[i - k + 1 : i + 1][::-1]
-            b = ab_weights(nodes, u[hi], self.variable, start=u[lo])
-            beta = self.blend[i] if self.blend and not moulton else 1.0
-            if beta != 1.0 and k > 1:
-                lower = [*ab_weights(nodes[:-1], u[hi], self.variable, start=u[lo]), 0.0]
-                b = [beta * x + (1 - beta) * y for x, y in zip(b, lower)]
-            out.append(tuple(b))
+                out.append(self._weights(hist[: self.order], s0, s1, i, False))
         return tuple(out)
 
-    def init(self, sigmas, xbar, *, nfe=None, generator=None) -> GridState:
-        sig = tuple(float(s) for s in sigmas)
-        if self.blend and len(self.blend) != len(sig) - 1:
-            raise ValueError(
-                f"blend: expected one value per interval of the grid ({len(sig) - 1}), got {len(self.blend)}"
-            )
-        am = self.coefficients(sig, moulton=True) if self.corrector else None
-        return GridState(sig, 0, (self.coefficients(sig), (), am, None))
-
-    def step(self, field, xbar, state: GridState):
+    def step(self, s0, s1, xbar, state: AdamsState) -> StepGen:
         """x̄ is the predicted state. With the corrector (PEC, as UniPC's UniC does) the one
         evaluation at the predicted point also corrects it by Adams–Moulton before the next
         prediction: x̄_i ← x̄_{i−1} + Σ_j c_ij ε_{i−j}; the ε history keeps the evaluations."""
-        i = state.index
-        coeffs, history, am, corrected_prev = state.memory
-        keep = self.order if am is None else self.order + 1
-        history = (field(xbar, state.sigmas[i]), *history[: keep - 1])
-        if am is not None and am[i]:
-            xbar = _accumulate(corrected_prev, am[i], history)
-        out = _accumulate(xbar, coeffs[i], history)
-        return out, state._replace(
-            index=i + 1, memory=(coeffs, history, am, xbar if am is not None else None)
-        )
+        keep = self.order + self.corrector
+        eps = yield xbar, s0
+        sig, hist = (s0, *state.sigmas)[:keep], (eps, *state.eps)[:keep]
+        if self.corrector and len(sig) > 1:
+            xbar = _accumulate(state.corrected, self._weights(sig, sig[1], s0, state.index, True), hist)
+        out = _accumulate(xbar, self._weights(sig[: self.order], s0, s1, state.index, False), hist)
+        return out, AdamsState(sig, hist, state.index + 1, xbar if self.corrector else None)
+
+    def to_zero(self, s0, s1, xbar, eps, state: AdamsState):
+        # ε at σ = 0 (evaluated at σ_min) joins no polynomial: the history restarts after it
+        return xbar.add(eps, alpha=s1 - s0), AdamsState(index=state.index + 1)
+
+
+@lru_cache(maxsize=4096)
+def _weights(
+    nodes: tuple[float, ...], lo: float, hi: float, variable: str, fixed: bool, beta: float
+) -> tuple[float, ...]:
+    """Weights for ∫_lo^hi P(u) w(u) du, P through ε at ``nodes`` (σ, newest first), in u = σ or
+    log σ; ``fixed`` spaces the nodes by the current step (constant-step weights); ``beta``
+    blends order k with order k − 1."""
+    to_u = math.log if variable == "log_sigma" else float
+    u_lo, u_hi = to_u(lo), to_u(hi)
+    k = len(nodes)
+    newest = to_u(nodes[0])  # u_lo for Adams–Bashforth, u_hi for the Adams–Moulton corrector
+    u = [newest - j * (u_hi - u_lo) for j in range(k)] if fixed else [to_u(s) for s in nodes]
+    b = ab_weights(u, u_hi, variable, start=u_lo)
+    if beta != 1.0 and k > 1:
+        lower = [*ab_weights(u[:-1], u_hi, variable, start=u_lo), 0.0]
+        b = [beta * x + (1 - beta) * y for x, y in zip(b, lower)]
+    return tuple(b)
 
 
 def _accumulate(x, weights, history):

@@ -1,72 +1,71 @@
 """The one solver interface.
 
-A solver is an immutable object. ``init(sigmas, xbar, ...)`` returns an explicit state;
-``step(field, xbar, state)`` returns the new x̄ and the new state. The integrate loop calls
-``step`` until ``state.done``. Direction is the sign of the grid, nothing else: every solver
-integrates increasing and decreasing grids alike. The interval touching σ = 0 is special:
-the model does not exist below σ_min, so a solver may not evaluate inside it.
+A solver is an immutable object (a frozen dataclass whose fields are its options; what it *is*
+— ``name``, ``order``, ``adaptive``, ``reversible``, ``stochastic`` — is declared on the class).
+It steps one interval at a time; the integrate loop (:mod:`odediff.integrate`) owns the grid:
+
+    state = solver.init(sigmas, nfe=…, generator=…)              # once per solve
+    x̄', state = yield from solver.step(σ0, σ1, x̄, state)         # one interval σ0 → σ1
+
+``step`` is a generator: it yields each point ``(x̄, σ)`` where it needs ε and is sent ε back,
+and returns the new x̄ and state. So whoever drives it decides where ε comes from: the loop
+calls the counted network, diffusers' pipelines deliver one UNet output per call. Direction is
+the sign of σ1 − σ0, nothing else.
+
+The interval touching σ = 0 is never given to ``step`` (the model does not exist below σ_min):
+the loop evaluates ε once at the interval's start and hands it to :meth:`Solver.to_zero`,
+an Euler step unless a solver needs the same ε combined otherwise (the reversible ones).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+import numbers
+from collections.abc import Generator
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["GridState", "Solver", "check_nfe"]
+__all__ = ["FIELD", "Solver", "StepGen", "check_nfe"]
 
-
-class GridState(NamedTuple):
-    """State of a solver marching over a fixed grid."""
-
-    sigmas: tuple[float, ...]
-    index: int = 0  # the interval [sigmas[index], sigmas[index+1]] is next
-    memory: Any = ()  # solver-specific: history of ε, pending noise, …
-    generator: torch.Generator | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.index >= len(self.sigmas) - 1
-
-    @property
-    def sigma(self) -> float:
-        return self.sigmas[self.index]
-
-    @property
-    def moved(self) -> bool:
-        return True
-
-    @property
-    def total(self) -> int:
-        return len(self.sigmas) - 1
+# what ``step`` yields: a point (x̄, σ) to evaluate, or FIELD to be sent the field itself
+# (for integrators that call ε themselves, such as torchdiffeq's)
+StepGen = Generator[Any, Any, tuple[Tensor, Any]]
+FIELD = object()
 
 
 def check_nfe(nfe: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < minimum:
+    """``nfe`` as an int if it is a whole number ≥ ``minimum`` (numpy and 0-d tensors too)."""
+    if isinstance(nfe, Tensor) and nfe.numel() == 1 and not nfe.is_floating_point():
+        nfe = int(nfe)
+    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe < minimum:
         raise ValueError(f"nfe: {name} needs a whole number of evaluations ≥ {minimum}, got {nfe!r}")
-    return nfe
-
-
-def touches_zero(s0: float, s1: float) -> bool:
-    return s0 == 0.0 or s1 == 0.0
+    return int(nfe)
 
 
 class Solver:
-    """Base of all solvers. Subclasses are frozen dataclasses."""
+    """Base of all solvers. Subclasses are frozen dataclasses whose fields are their options."""
 
     name: ClassVar[str]
-    order: int
+    order: ClassVar[int]  # the convergence order it declares (a property where an option sets it)
     adaptive: ClassVar[bool] = False
     reversible: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
 
     def intervals(self, nfe: int) -> int:
-        """How many grid intervals this solver takes to spend exactly ``nfe`` evaluations."""
+        """The budget rule: how many grid intervals spend exactly ``nfe`` evaluations (the one
+        into σ = 0 costs one)."""
+        return check_nfe(nfe, self.name)
+
+    def init(
+        self, sigmas: tuple[float, ...], *, nfe: int | None = None, generator: torch.Generator | None = None
+    ) -> Any:
+        """The state before the first interval of the grid ``sigmas``."""
+        return None
+
+    def step(self, s0: float, s1: float, xbar: Tensor, state: Any) -> StepGen:
         raise NotImplementedError
 
-    def init(self, sigmas: Tensor, xbar: Tensor, *, nfe: int | None = None, generator=None) -> Any:
-        raise NotImplementedError
-
-    def step(self, field, xbar: Tensor, state: Any) -> tuple[Tensor, Any]:
-        raise NotImplementedError
+    def to_zero(self, s0: float, s1: float, xbar: Tensor, eps: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """The interval touching σ = 0 with the one ε at its start: Euler, x̄ + (σ1 − σ0)·ε."""
+        return xbar.add(eps, alpha=s1 - s0), state

@@ -31,13 +31,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from torch import Tensor
 
-from .base import GridState, Solver, check_nfe
+from .base import Solver, StepGen, check_nfe
 
 __all__ = ["BDIA", "BELM", "TwoStepReversible"]
+
+
+class ReversibleState(NamedTuple):
+    prev: Tensor | None = None  # x̄ one grid point back (the latent's carried state at the end)
+    prev_sigma: float | None = None
+    carry: Tensor | None = None  # a latent's x̄_1: the first decode step, at no evaluation
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class TwoStepReversible(Solver):
     """Base of the reversible two-step family; subclasses choose the mixing weight a_k."""
 
     reversible: ClassVar[bool] = True
+    order: ClassVar[int] = 2
 
     def mixing(self, s_prev: float, s: float, s_next: float) -> float:
         """a_k for the step σ_k → σ_{k+1} that follows σ_{k−1} → σ_k (decreasing σ)."""
@@ -53,46 +60,54 @@ class TwoStepReversible(Solver):
     def intervals(self, nfe: int) -> int:
         return check_nfe(nfe, self.name, minimum=2)
 
+    def relation(self, s_prev: float, s: float, s_next: float) -> tuple[float, float]:
+        """(a_k, b_k) of the two-step relation through σ_{k−1} > σ_k > σ_{k+1}."""
+        # a ≤ 1 keeps the parasitic root −a from growing while decoding; where the steps
+        # grow towards σ = 0 the cap costs that step its second order, not its reversibility
+        a = min(1.0, self.mixing(s_prev, s, s_next))
+        if not a > 0.0:
+            raise ValueError(f"{self.name}: mixing weight {a!r} at σ={s:.4g}; expected a > 0")
+        return a, (s_next - s) + a * (s - s_prev)
+
     def coefficients(self, sigmas: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
         """(a_k, b_k) of every two-step relation, k = 1 … N−1, in decreasing-σ orientation."""
         down = sigmas if sigmas[0] > sigmas[-1] else sigmas[::-1]
-        out = []
-        for k in range(1, len(down) - 1):
-            h_prev, h = down[k] - down[k - 1], down[k + 1] - down[k]
-            # a ≤ 1 keeps the parasitic root −a from growing while decoding; where the steps
-            # grow towards σ = 0 the cap costs that step its second order, not its reversibility
-            a = min(1.0, self.mixing(down[k - 1], down[k], down[k + 1]))
-            if not a > 0.0:
-                raise ValueError(f"{self.name}: mixing weight {a!r} at σ={down[k]:.4g}; expected a > 0")
-            out.append((a, h + a * h_prev))
-        return tuple(out)
+        return tuple(self.relation(*down[k - 1 : k + 2]) for k in range(1, len(down) - 1))
 
-    def init(self, sigmas, xbar, *, nfe=None, generator=None, carry: Tensor | None = None) -> GridState:
-        sig = tuple(float(s) for s in sigmas)
-        if len(sig) < 3:
-            raise ValueError(f"{self.name}: needs a grid of at least 2 intervals, got {len(sig) - 1}")
-        if carry is not None and sig[0] < sig[-1]:
+    def init(self, sigmas, *, nfe=None, generator=None, carry: Tensor | None = None) -> ReversibleState:
+        if len(sigmas) < 3:
+            raise ValueError(f"{self.name}: needs a grid of at least 2 intervals, got {len(sigmas) - 1}")
+        if carry is not None and sigmas[0] < sigmas[-1]:
             raise ValueError(f"{self.name}: a carried state only starts a decode (decreasing grid)")
-        return GridState(sig, 0, (self.coefficients(sig), None, carry))
+        return ReversibleState(carry=carry)
 
-    def step(self, field, xbar, state: GridState):
-        i, sig = state.index, state.sigmas
-        coeffs, prev, carry = state.memory
-        n = len(sig) - 1
-        if i == 0:  # no predecessor yet: the carried x̄_1, or one Euler step
-            out = carry if carry is not None else xbar.add(field(xbar, sig[0]), alpha=sig[1] - sig[0])
-        elif sig[0] > sig[-1]:  # decode: x̄_{k+1} = a x̄_{k−1} + (1 − a) x̄_k + b ε_k
-            a, b = coeffs[i - 1]
-            out = prev.mul(a).add_(xbar, alpha=1 - a).add_(field(xbar, sig[i]), alpha=b)
-        else:  # encode: the same relation solved for x̄_{k−1}, k counted from σ_max down
-            a, b = coeffs[n - 1 - i]
-            out = prev.sub(xbar, alpha=1 - a).sub_(field(xbar, sig[i]), alpha=b).div_(a)
-        return out, state._replace(index=i + 1, memory=(coeffs, xbar, None))
+    def _two_step(self, s0, s1, xbar, eps, state: ReversibleState) -> Tensor:
+        if s1 < s0:  # decode: x̄_{k+1} = a x̄_{k−1} + (1 − a) x̄_k + b ε_k
+            a, b = self.relation(state.prev_sigma, s0, s1)
+            return state.prev.mul(a).add_(xbar, alpha=1 - a).add_(eps, alpha=b)
+        # encode: the same relation solved for x̄_{k−1}, with σ_{k−1} = σ1 and σ_{k+1} behind us
+        a, b = self.relation(s1, s0, state.prev_sigma)
+        return state.prev.sub(xbar, alpha=1 - a).sub_(eps, alpha=b).div_(a)
+
+    def step(self, s0, s1, xbar, state: ReversibleState) -> StepGen:
+        if state.carry is not None:  # a latent's first step is the carried x̄_1
+            return state.carry, ReversibleState(xbar, s0)
+        eps = yield xbar, s0
+        if state.prev is None:  # no predecessor yet (fresh noise): one Euler (DDIM) step
+            return xbar.add(eps, alpha=s1 - s0), ReversibleState(xbar, s0)
+        return self._two_step(s0, s1, xbar, eps, state), ReversibleState(xbar, s0)
+
+    def to_zero(self, s0, s1, xbar, eps, state: ReversibleState):
+        # decoding into σ = 0 is the last relation (its inverse is encode's second step);
+        # encoding out of σ = 0 is the mirror Euler step
+        if s1 == 0 and state.prev is not None:
+            return self._two_step(s0, s1, xbar, eps, state), ReversibleState(xbar, s0)
+        return xbar.add(eps, alpha=s1 - s0), ReversibleState(xbar, s0)
 
     @staticmethod
-    def carried(state: GridState) -> Tensor:
+    def carried(state: ReversibleState) -> Tensor:
         """The state beyond the end point that a latent must carry: x̄ one grid point back."""
-        return state.memory[1]
+        return state.prev
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,7 @@ class BDIA(TwoStepReversible):
     """
 
     gamma: float | Literal["neutral"] = "neutral"
-    name: str = "bdia"
+    name: ClassVar[str] = "bdia"
 
     @property
     def order(self) -> int:  # type: ignore[override]
@@ -165,8 +180,7 @@ class BELM(TwoStepReversible):
 
     variable: Literal["sigma", "log_sigma"] = "log_sigma"
     stable: bool = True
-    name: str = "belm"
-    order: int = 2
+    name: ClassVar[str] = "belm"
 
     def __post_init__(self) -> None:
         if self.variable not in ("sigma", "log_sigma"):

@@ -4,7 +4,8 @@ For dx̄/dσ = f(x̄, σ) and a step h = σ' − σ:
 
     k_j = f(x̄ + h Σ_{l<j} a_jl k_l, σ + c_j h),   x̄' = x̄ + h Σ_j b_j k_j
 
-The interval touching σ = 0 is taken by Euler (its stages would lie below σ_min).
+A new method is a :class:`Tableau`. The adaptive solver only proposes a step and its error
+estimate; accepting it and choosing the next h is the :class:`Controller`'s, in the loop.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from ..integrate import BudgetExceeded
-from .base import GridState, Solver, check_nfe, touches_zero
+from .base import Solver, StepGen, check_nfe
 
 __all__ = ["DOPRI5", "EULER", "HEUN", "AdaptiveRungeKutta", "Controller", "RungeKutta", "Tableau"]
 
@@ -66,58 +66,59 @@ def _combine(x: Tensor, h: float, weights: tuple[float, ...], ks: list[Tensor]) 
     return x.clone() if out is None else out
 
 
-def _stages(tab: Tableau, field, x: Tensor, s0: float, h: float, k0: Tensor | None = None) -> list[Tensor]:
-    ks = [field(x, s0) if k0 is None else k0]
+def _stages(tab: Tableau, x: Tensor, s0: float, h: float, k0: Tensor | None = None):
+    """Yield the stage points of one step; return the stage values k_j."""
+    ks = [(yield x, s0) if k0 is None else k0]
     for j in range(1, tab.stages):
-        ks.append(field(_combine(x, h, tab.a[j], ks), s0 + tab.c[j] * h))
+        ks.append((yield _combine(x, h, tab.a[j], ks), s0 + tab.c[j] * h))
     return ks
+
+
+class RKState(NamedTuple):
+    euler: frozenset[float]  # the upper σ of the intervals taken by Euler to meet the budget
 
 
 @dataclass(frozen=True)
 class RungeKutta(Solver):
-    """Fixed-step explicit Runge–Kutta on the σ grid.
+    """Fixed-step explicit Runge–Kutta, one tableau step per interval.
 
-    With an ``nfe`` budget that the tableau's stage count does not divide, the first steps
-    (at high σ, where trajectories are nearly straight) are taken by Euler instead.
+    Budget: a full step costs s = ``stages`` evaluations and the interval into σ = 0 one, so
+    n intervals cost s(n − 1) + 1. A budget s does not divide is met by taking the first steps
+    at high σ (where trajectories are nearly straight) by Euler, saving s − 1 each.
     """
 
     tableau: Tableau = HEUN
     name: str = "heun"
 
     @property
-    def order(self) -> int:
+    def order(self) -> int:  # type: ignore[override]
         return self.tableau.order
 
     def intervals(self, nfe: int) -> int:
-        check_nfe(nfe, self.name)
-        s = self.tableau.stages
-        return 1 + math.ceil((nfe - 1) / s)
+        nfe = check_nfe(nfe, self.name)
+        return 1 + math.ceil((nfe - 1) / self.tableau.stages)
 
-    def init(self, sigmas, xbar, *, nfe=None, generator=None) -> GridState:
-        sig = tuple(float(s) for s in sigmas)
-        n = len(sig) - 1
-        low = [touches_zero(sig[i], sig[i + 1]) for i in range(n)]
-        if nfe is not None:
-            s = self.tableau.stages
-            excess = sum(1 if lo else s for lo in low) - nfe
-            for i in range(n):  # each Euler step in place of a full one saves s − 1
-                if s > 1 and excess >= s - 1 and not low[i]:
-                    low[i], excess = True, excess - (s - 1)
-            if excess:
-                raise ValueError(f"nfe: {self.name} cannot spend exactly {nfe} on a grid of {n} intervals")
-        return GridState(sig, 0, tuple(low))
+    def init(self, sigmas, *, nfe=None, generator=None) -> RKState:
+        n, s = len(sigmas) - 1, self.tableau.stages
+        full = [i for i in range(n) if sigmas[i] != 0 and sigmas[i + 1] != 0]
+        full.sort(key=lambda i: -max(sigmas[i], sigmas[i + 1]))  # highest σ first, either direction
+        if nfe is None or s == 1:
+            return RKState(frozenset())
+        excess = s * len(full) + (n - len(full)) - nfe
+        if excess < 0 or excess % (s - 1) or excess // (s - 1) > len(full):
+            raise ValueError(f"nfe: {self.name} cannot spend exactly {nfe} on a grid of {n} intervals")
+        return RKState(frozenset(max(sigmas[i], sigmas[i + 1]) for i in full[: excess // (s - 1)]))
 
-    def step(self, field, xbar, state: GridState):
-        i, sig = state.index, state.sigmas
-        s0, h = sig[i], sig[i + 1] - sig[i]
-        tab = EULER if state.memory[i] else self.tableau
-        ks = _stages(tab, field, xbar, s0, h)
-        return _combine(xbar, h, tab.b, ks), state._replace(index=i + 1)
+    def step(self, s0, s1, xbar, state: RKState) -> StepGen:
+        tab = EULER if max(s0, s1) in state.euler else self.tableau
+        ks = yield from _stages(tab, xbar, s0, s1 - s0)
+        return _combine(xbar, s1 - s0, tab.b, ks), state
 
 
 @dataclass(frozen=True)
 class Controller:
-    """Integral step-size controller: h' = h·clip(safety·err^(−1/(p+1)), lo, hi)."""
+    """Integral step-size controller: h' = h·clip(safety·err^(−1/(p+1)), lo, hi), err the RMS
+    of the error estimate over atol + rtol·|x̄|; a step is accepted when err ≤ 1."""
 
     rtol: float = 1e-4
     atol: float = 1e-4
@@ -133,36 +134,24 @@ class Controller:
         factor = self.hi if err == 0 else self.safety * err ** (-1 / (order + 1))
         return h * min(self.hi, max(self.lo, factor))
 
+    def initial_h(self, x: Tensor, f0: Tensor, span: float) -> float:
+        """Hairer's first guess h = 0.01·‖x‖/‖f‖ in the error norm, towards the span's end."""
+        scale = self.atol + self.rtol * x.abs()
+        d0 = float((x / scale).square().mean().sqrt())
+        d1 = float((f0 / scale).square().mean().sqrt())
+        h = 0.01 * d0 / d1 if d0 > 1e-5 and d1 > 1e-5 else 1e-6 * abs(span)
+        return math.copysign(min(h, abs(span)), span)
+
 
 class AdaptiveState(NamedTuple):
-    sigmas: tuple[float, ...]  # segment ends; the adaptive march is within a segment
-    segment: int
-    sigma: float
-    h: float
-    k0: Tensor | None  # FSAL: f at (x̄, σ) if known
-    moved: bool
-    rejected: int
-
-    @property
-    def done(self) -> bool:
-        return self.segment >= len(self.sigmas) - 1
-
-    @property
-    def index(self) -> int:
-        return self.segment
-
-    @property
-    def total(self) -> None:
-        return None
+    known: tuple[tuple[float, Tensor], ...] = ()  # (σ, ε there) of the last trial: its start, FSAL end
+    error: Tensor | None = None  # the last trial's error estimate x̄_high − x̄_low
 
 
 @dataclass(frozen=True)
 class AdaptiveRungeKutta(Solver):
-    """Embedded Runge–Kutta pair with error control (default Dormand–Prince 5(4)).
-
-    A step is accepted when the RMS of err/(atol + rtol·|x̄|) is ≤ 1. Raises
-    :class:`BudgetExceeded` rather than exceed ``max_nfe``.
-    """
+    """Embedded Runge–Kutta pair (default Dormand–Prince 5(4)); the loop's :class:`Controller`
+    accepts its steps. Raises :class:`~odediff.BudgetExceeded` rather than exceed ``max_nfe``."""
 
     rtol: float = 1e-4
     atol: float = 1e-4
@@ -171,8 +160,13 @@ class AdaptiveRungeKutta(Solver):
     name: str = "rk45"
     adaptive: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ValueError(f"rtol, atol: expected positive tolerances, got {self.rtol}, {self.atol}")
+        check_nfe(self.max_nfe, self.name)
+
     @property
-    def order(self) -> int:
+    def order(self) -> int:  # type: ignore[override]
         return self.tableau.order
 
     @property
@@ -182,44 +176,19 @@ class AdaptiveRungeKutta(Solver):
     def intervals(self, nfe: int) -> int:
         raise ValueError(f"nfe: {self.name} is adaptive; set rtol/atol and max_nfe instead of nfe")
 
-    def init(self, sigmas, xbar, *, nfe=None, generator=None) -> AdaptiveState:
-        if self.rtol <= 0 or self.atol <= 0:
-            raise ValueError(f"rtol, atol: expected positive tolerances, got {self.rtol}, {self.atol}")
-        sig = tuple(float(s) for s in sigmas)
-        return AdaptiveState(sig, 0, sig[0], 0.0, None, False, 0)
+    def init(self, sigmas, *, nfe=None, generator=None) -> AdaptiveState:
+        return AdaptiveState()
 
-    def step(self, field, xbar, state: AdaptiveState):
-        seg, s, sig = state.segment, state.sigma, state.sigmas
-        end = sig[seg + 1]
-        if touches_zero(sig[seg], end):  # Euler across the interval touching 0
-            x_new = _combine(xbar, end - s, EULER.b, [field(xbar, s)])
-            return x_new, state._replace(segment=seg + 1, sigma=end, h=0.0, k0=None, moved=True)
-        tab, ctl = self.tableau, self.controller
-        k0 = state.k0 if state.k0 is not None else field(xbar, s)
-        h = state.h or self._initial_h(xbar, k0, end - s)
-        h = math.copysign(min(abs(h), abs(end - s)), end - s)
-        if field.nfe + tab.stages - 1 > self.max_nfe:
-            raise BudgetExceeded(
-                f"max_nfe: {self.name} used {field.nfe} evaluations and reached σ={s:.6g} of "
-                f"{end:.6g}; raise max_nfe={self.max_nfe} or loosen rtol={self.rtol}, atol={self.atol}"
-            )
-        ks = _stages(tab, field, xbar, s, h, k0)
+    def remember(self, state: AdaptiveState, sigma: float, eps: Tensor) -> AdaptiveState:
+        """The state knowing ε at σ (the loop evaluates it for the first step size)."""
+        return state._replace(known=((sigma, eps),))
+
+    def step(self, s0, s1, xbar, state: AdaptiveState) -> StepGen:
+        """One trial step σ0 → σ1; ε at σ0 is reused if the last trial knew it (FSAL or retry)."""
+        tab, h = self.tableau, s1 - s0
+        k0 = next((k for s, k in state.known if s == s0), None)
+        ks = yield from _stages(tab, xbar, s0, h, k0)
         x_new = _combine(xbar, h, tab.b, ks)
-        err_vec = _combine(torch.zeros_like(xbar), h, tuple(b - bl for b, bl in zip(tab.b, tab.b_low)), ks)
-        err = ctl.error(xbar, x_new, err_vec)
-        h_next = ctl.next_h(h, err, tab.order - 1)
-        if err > 1.0:
-            return xbar, state._replace(h=h_next, k0=k0, moved=False, rejected=state.rejected + 1)
-        s_new = end if abs(end - (s + h)) <= 1e-12 * abs(end - sig[seg]) else s + h
-        k_next = ks[-1] if tab.fsal else None
-        if s_new == end:
-            seg, h_next, k_next = seg + 1, 0.0, None  # next segment starts afresh
-        return x_new, state._replace(segment=seg, sigma=s_new, h=h_next, k0=k_next, moved=True)
-
-    def _initial_h(self, x: Tensor, f0: Tensor, span: float) -> float:
-        """Hairer's first guess h = 0.01·‖x‖/‖f‖ in the error norm."""
-        scale = self.atol + self.rtol * x.abs()
-        d0 = float((x / scale).square().mean().sqrt())
-        d1 = float((f0 / scale).square().mean().sqrt())
-        h = 0.01 * d0 / d1 if d0 > 1e-5 and d1 > 1e-5 else 1e-6 * abs(span)
-        return min(h, abs(span))
+        err = _combine(torch.zeros_like(xbar), h, tuple(b - bl for b, bl in zip(tab.b, tab.b_low)), ks)
+        known = ((s0, ks[0]), (s1, ks[-1])) if tab.fsal else ((s0, ks[0]),)
+        return x_new, AdaptiveState(known, err)

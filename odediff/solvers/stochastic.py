@@ -11,53 +11,52 @@ Towards σ = 0 this is DDIM's σ_t(η) = η·sqrt((1−ᾱ')/(1−ᾱ))·sqrt(1�
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .base import GridState, Solver, check_nfe
+from .base import Solver, StepGen
 
 __all__ = ["DDIM"]
 
 
 @dataclass(frozen=True)
 class DDIM(Solver):
-    """DDIM with stochasticity η ∈ [0, 1]; reproducible given a ``generator``."""
+    """DDIM with stochasticity η ∈ [0, 1]; reproducible given a ``generator``.
+
+    Each step draws its noise after its one evaluation, from the solve's ``generator`` (the
+    state) or torch's global generator.
+    """
 
     eta: float = 0.0
-    name: str = "ddim"
-    order: int = 1
+    name: ClassVar[str] = "ddim"
+    order: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eta <= 1.0:
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int | float) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta: expected a value in [0, 1], got {self.eta!r}")
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
         return self.eta > 0
 
-    def intervals(self, nfe: int) -> int:
-        return check_nfe(nfe, self.name)
+    def coefficients(self, s0: float, s1: float) -> tuple[float, float]:
+        """(c_ε, s) of the step σ0 → σ1, so that x̄' = x̄ + c_ε·ε + s·z."""
+        s = self.eta * s1 * math.sqrt(abs(s0 * s0 - s1 * s1)) / max(s0, s1)
+        return math.sqrt(s1 * s1 - s * s) - s0, s
 
-    def coefficients(self, sigmas: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
-        """(c_ε, s) per step, so that x̄' = x̄ + c_ε·ε + s·z."""
-        out = []
-        for s0, s1 in itertools.pairwise(sigmas):
-            s = self.eta * s1 * math.sqrt(abs(s0 * s0 - s1 * s1)) / max(s0, s1)
-            out.append((math.sqrt(s1 * s1 - s * s) - s0, s))
-        return tuple(out)
+    def init(self, sigmas, *, nfe=None, generator=None) -> torch.Generator | None:
+        return generator
 
-    def init(self, sigmas, xbar, *, nfe=None, generator=None) -> GridState:
-        sig = tuple(float(s) for s in sigmas)
-        return GridState(sig, 0, self.coefficients(sig), generator)
+    def step(self, s0, s1, xbar, state: torch.Generator | None) -> StepGen:
+        return self.to_zero(s0, s1, xbar, (yield xbar, s0), state)
 
-    def step(self, field, xbar, state: GridState):
-        i = state.index
-        c_eps, s = state.memory[i]
-        out = xbar.add(field(xbar, state.sigmas[i]), alpha=c_eps)
+    def to_zero(self, s0, s1, xbar, eps, state: torch.Generator | None):
+        c_eps, s = self.coefficients(s0, s1)
+        out = xbar.add(eps, alpha=c_eps)
         if s > 0:
-            z = torch.randn(xbar.shape, generator=state.generator, device=xbar.device, dtype=xbar.dtype)
+            z = torch.randn(xbar.shape, generator=state, device=xbar.device, dtype=xbar.dtype)
             out = out.add_(z, alpha=s)
-        return out, state._replace(index=i + 1)
+        return out, state
