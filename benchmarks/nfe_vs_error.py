@@ -21,10 +21,10 @@ import argparse
 import os
 
 import torch
-from ipndm import ipndm_method
 
 from odediff import shard
-from odediff.study import DEFAULT_LABEL, NFES, ODEDIFF_METHODS, best_at, nfe_error_study
+from odediff.bench.ipndm import ipndm_method
+from odediff.bench.study import DEFAULT_LABEL, NFES, ODEDIFF_METHODS, best_at, nfe_error_study
 
 NOISES = {"gmm-digits": 64, "digits": 16}
 RATIO_NFES = (5, 8, 10, 15, 20, 30)

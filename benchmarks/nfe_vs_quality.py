@@ -21,7 +21,7 @@ import time
 import torch
 
 from odediff import shard
-from odediff.quality import quality_study
+from odediff.bench.quality import quality_study
 
 
 def main(argv: list[str] | None = None) -> None:

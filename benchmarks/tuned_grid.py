@@ -21,7 +21,8 @@ import time
 import torch
 
 import odediff
-from odediff.study import best_at, default_reference, load_problem
+from odediff.bench.study import best_at, load_problem
+from odediff.reference import default_reference
 
 STUDY_NOISES = {"gmm-digits": 64, "digits": 16}
 

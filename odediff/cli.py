@@ -117,7 +117,8 @@ def _sample(a: argparse.Namespace) -> None:
 
 def _demo(a: argparse.Namespace) -> None:
     import odediff
-    from odediff.study import markdown_table, nfe_error_rows, plot_nfe_error, reference_solve
+    from odediff.bench.study import markdown_table, nfe_error_rows, plot_nfe_error
+    from odediff.reference import reference_solve
     from odediff.viz import save_grid
     from odediff.zoo import gmm_digits, load
 
@@ -217,11 +218,12 @@ def _int_list(text: str) -> list[int]:
 
 
 def _bench_nfe(a: argparse.Namespace) -> None:
-    from odediff import shard, study
+    from odediff import shard
+    from odediff.bench import study
 
     fn = getattr(study, "nfe_error_study", None)
     if fn is None:
-        raise CommandError("odediff.study.nfe_error_study is not available in this version of odediff")
+        raise CommandError("odediff.bench.study.nfe_error_study is not available in this version of odediff")
     noises = a.noises or (64 if a.model == "gmm-digits" else 16)
     nfes = {} if a.nfes is None else {"nfes": a.nfes}
     try:
@@ -238,7 +240,7 @@ def _bench_nfe(a: argparse.Namespace) -> None:
 
 def _bench_quality(a: argparse.Namespace) -> None:
     from odediff import shard
-    from odediff.quality import quality_study
+    from odediff.bench.quality import quality_study
 
     shard.init()  # one process, or torchrun's ranks (`torchrun ... -m odediff bench quality`)
     try:

@@ -145,7 +145,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         sigmas: an explicit σ grid (e.g. a tuned one, ``odediff.tune``), decreasing to 0; it fixes
             the budget, so ``num_inference_steps`` is not used.
         snap_timesteps: off-grid σ reaches the UNet as a fractional t(σ) (log-σ interpolation,
-            design.md §1), which diffusers' UNets accept. Set True for models or pipelines that
+            odediff.schedules), which diffusers' UNets accept. Set True for models or pipelines that
             need integer timesteps (embedding tables, arrays indexed by t): the UNet then sees the
             nearest integer t, while the solver keeps the exact σ. With
             ``grid="timestep_spacing"`` every fixed-step solver evaluates at integer t only.

@@ -91,7 +91,7 @@ def _noises(model: Model, noises: int | Tensor, generator: torch.Generator, name
 
 
 def _default_reference(model: Model, noise: Tensor) -> tuple[Tensor, int]:
-    from .study import reference_solve
+    from .reference import reference_solve
 
     return reference_solve(model, noise)
 
@@ -118,7 +118,7 @@ def tune_grid(
     ``robust=True`` minimises the mean of per-noise RMSEs instead of their root mean square, so
     that a few noises whose trajectories switch mixture component under small grid changes do
     not steer the search. ``reference(model, noise) -> (x_0, evaluations)`` defaults to
-    :func:`odediff.study.reference_solve` (SciPy DOP853, float64). ``method`` is SciPy's
+    :func:`odediff.reference.reference_solve` (SciPy DOP853, float64). ``method`` is SciPy's
     (Powell, or Nelder-Mead). ``tune_weights`` also tunes ``adams``' per-step ``blend`` of its
     orders, starting from plain Adams (β = 1). ``evaluations`` bounds the number of loss
     evaluations of the search (each costs ``nfe`` network evaluations per noise batch). The

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 import torch
 
 import odediff
+from odediff.bench.ipndm import AB_WEIGHTS, ipndm, ipndm_sample
 from odediff.grids import make_grid
 from odediff.zoo import gmm_digits
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from ipndm import AB_WEIGHTS, ipndm, ipndm_sample
 
 
 def test_weights_are_adams_bashforth():

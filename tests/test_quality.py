@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from odediff.quality import digits_frechet, frechet_distance, frechet_from_stats, gaussian_stats
+from odediff.bench.quality import digits_frechet, frechet_distance, frechet_from_stats, gaussian_stats
 from odediff.zoo.classifier import FEATURE_DIM, accuracy, features, load_classifier, train
 from odediff.zoo.digits import load_data
 

@@ -159,7 +159,7 @@ def test_bad_parameters():
 
 @pytest.fixture(scope="module")
 def gmm_truth():
-    from odediff.study import reference_solve
+    from odediff.reference import reference_solve
     from odediff.zoo import gmm_digits
 
     model = gmm_digits()

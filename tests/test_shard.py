@@ -15,7 +15,8 @@ SCRIPT = """
 import sys
 import torch
 torch.set_num_threads(1)
-from odediff.study import Reference, nfe_error_study
+from odediff.bench.study import nfe_error_study
+from odediff.reference import Reference
 nfe_error_study(
     "gmm-digits", sys.argv[1], noises=5, nfes=(4, 8), peers=False, progress=False, chunk=2, check=1,
     methods={"odediff adams": dict(solver="adams"), "odediff euler": dict(solver="euler")},

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import odediff
-from odediff.study import reference_solve
+from odediff.reference import reference_solve
 from odediff.zoo import gmm_digits
 
 

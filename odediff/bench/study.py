@@ -1,21 +1,7 @@
-"""NFE-vs-error studies against a high-accuracy float64 reference.
-
-Ground truth (:class:`Reference`), by the kind of ε field:
-
-- smooth in σ (the Gaussian mixture's exact ε): SciPy's DOP853 at rtol = atol = 1e-10, one
-  solve per noise, so that no noise's adaptive steps depend on its batch-mates;
-- a network on a discrete schedule (:class:`~odediff.EpsModel`): t(σ) is piecewise linear in
-  log σ, so ε has a derivative kink at every integer timestep and an adaptive solver crawls
-  over each one. The reference instead takes classical RK4 steps on a fixed grid that contains
-  every knot σ(0), …, σ(T−1) and splits a knot interval into pieces of at most ``max_step`` in
-  log σ; fixed steps make a noise's truth independent of its batch-mates too.
-
-Both go down to σ_min and then take the final Euler step to σ = 0 that every solver shares
-(design.md §1), so a solver's error is its error in solving the same problem. A refined solve
-(rtol/100, or every step halved) on the first noises estimates the reference's own error.
+"""NFE-vs-error studies against a high-accuracy float64 reference (:mod:`odediff.reference`).
 
 :func:`nfe_error_study` runs odediff's solvers and diffusers' schedulers (:data:`PEERS`, driven
-by :func:`run_peer`) on the same noises, every evaluation counted by
+by their own loops in :func:`run_peer`) on the same noises, every evaluation counted by
 :class:`~odediff.integrate.CountedField`, and writes CSV, markdown and a log-log PNG. It
 shards noises over the processes of :mod:`odediff.shard` (``torchrun``) in fixed chunks, so
 that every number it writes is the same bit for bit however many processes ran it.
@@ -24,25 +10,24 @@ that every number it writes is the same bit for bit however many processes ran i
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from . import shard
-from .api import sample
-from .grids import DEFAULT_GRID
-from .integrate import CountedField
-from .models import EpsModel, Model
-from .schedules import DiscreteSchedule
-from .solvers import get_solver
+from .. import shard
+from ..api import sample
+from ..grids import DEFAULT_GRID
+from ..integrate import CountedField
+from ..models import Model
+from ..reference import Reference, default_reference
+from ..schedules import DiscreteSchedule
+from ..solvers import get_solver
 
 __all__ = [
     "DEFAULT_LABEL",
@@ -50,11 +35,7 @@ __all__ = [
     "ODEDIFF_METHODS",
     "PEERS",
     "Peer",
-    "Reference",
     "best_at",
-    "default_reference",
-    "knot_grid",
-    "knot_reference_solve",
     "load_problem",
     "markdown_table",
     "nfe_error_rows",
@@ -62,7 +43,6 @@ __all__ = [
     "peer_steps",
     "plot_nfe_error",
     "ratio_table",
-    "reference_solve",
     "run_peer",
     "study_markdown",
 ]
@@ -89,131 +69,9 @@ ODEDIFF_METHODS: dict[str, dict[str, Any]] = {
 Method = Mapping[str, Any] | Callable[[Model, Tensor, int], tuple[Tensor, int]]
 
 
-# --- references ----------------------------------------------------------------------------
-
-
-def _dop853_one(model: Model, noise: Tensor, rtol: float, atol: float) -> tuple[Tensor, int]:
-    from scipy.integrate import solve_ivp
-
-    s = model.schedule
-    fld = CountedField(model, torch.float64)
-    shape = noise.shape
-
-    def f(sigma: float, y: np.ndarray) -> np.ndarray:
-        return fld(torch.from_numpy(y).view(shape), float(sigma)).double().numpy().ravel()
-
-    y0 = (noise.detach().to(torch.float64) * math.sqrt(1 + s.sigma_max**2)).numpy().ravel()
-    sol = solve_ivp(f, (s.sigma_max, s.sigma_min), y0, method="DOP853", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"reference solve failed: {sol.message}")
-    xbar = torch.from_numpy(sol.y[:, -1].copy()).view(shape)
-    return xbar - s.sigma_min * fld(xbar, s.sigma_min), fld.nfe
-
-
-def reference_solve(
-    model: Model, noise: Tensor, rtol: float = 1e-10, atol: float = 1e-10, *, per_noise: bool = False
-) -> tuple[Tensor, int]:
-    """x_0 from VP noise x_T by DOP853 in float64 down to σ_min, then one Euler step to 0.
-
-    One solve for the whole batch (fast: one evaluation covers every noise), or with
-    ``per_noise`` one solve per noise, so that no noise's adaptive steps (and hence, at the level
-    of the tolerance, its truth) depend on its batch-mates. Returns (x_0 in the noise's dtype,
-    network evaluations, summed over the solves)."""
-    with torch.no_grad():
-        if not per_noise:
-            x0, n = _dop853_one(model, noise, rtol, atol)
-            return x0.to(noise.dtype), n
-        outs = [_dop853_one(model, noise[i : i + 1], rtol, atol) for i in range(noise.shape[0])]
-    x0 = torch.cat([o[0] for o in outs]) if outs else noise.to(torch.float64)
-    return x0.to(noise.dtype), sum(o[1] for o in outs)
-
-
-def knot_grid(schedule: DiscreteSchedule, max_step: float = 0.05, refine: int = 1) -> list[float]:
-    """Decreasing σ from σ_max to σ_min containing every σ(t) of an integer t; each knot
-    interval is split geometrically into ``refine``·max(1, ⌈Δlog σ / max_step⌉) pieces."""
-    log_s = schedule.sigmas.log().tolist()
-    sig = schedule.sigmas.tolist()
-    out = []
-    for k in range(schedule.T - 1, 0, -1):
-        d = log_s[k] - log_s[k - 1]
-        m = refine * max(1, math.ceil(d / max_step))
-        out.append(sig[k])  # the knot itself, exactly
-        out.extend(math.exp(log_s[k] - j * d / m) for j in range(1, m))
-    out.append(sig[0])
-    return out
-
-
-def knot_reference_solve(
-    model: Model, noise: Tensor, max_step: float = 0.05, refine: int = 1
-) -> tuple[Tensor, int]:
-    """x_0 by classical RK4 in σ on :func:`knot_grid`, then one Euler step from σ_min to 0.
-
-    Returns (x_0 in the noise's dtype, network evaluations; each evaluates the whole batch)."""
-    grid = knot_grid(model.schedule, max_step, refine)
-    fld = CountedField(model, torch.float64)
-    x = noise.detach().to(torch.float64) * math.sqrt(1 + grid[0] ** 2)
-    with torch.no_grad():
-        for a, b in itertools.pairwise(grid):
-            h = b - a
-            k1 = fld(x, a)
-            k2 = fld(x + (h / 2) * k1, a + h / 2)
-            k3 = fld(x + (h / 2) * k2, a + h / 2)
-            k4 = fld(x + h * k3, b)
-            x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-        x0 = x - grid[-1] * fld(x, grid[-1])
-    return x0.to(noise.dtype), fld.nfe
-
-
-@dataclass(frozen=True)
-class Reference:
-    """How the ground truth is computed: ``"dop853"`` (per noise, ``rtol`` = ``atol``) or
-    ``"knots"`` (RK4 on the knot grid with ``max_step``, ``refine``)."""
-
-    kind: Literal["dop853", "knots"] = "dop853"
-    rtol: float = 1e-10
-    max_step: float = 0.05
-    refine: int = 1
-
-    def solve(self, model: Model, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """(x_0 in float64, network evaluations per noise as a float64 tensor)."""
-        noise = noise.to(torch.float64)
-        if self.kind == "dop853":
-            with torch.no_grad():
-                outs = [_dop853_one(model, noise[i : i + 1], self.rtol, self.rtol) for i in range(len(noise))]
-            return torch.cat([o[0] for o in outs]), torch.tensor([float(o[1]) for o in outs])
-        if self.kind == "knots":
-            x0, n = knot_reference_solve(model, noise, self.max_step, self.refine)
-            return x0, torch.full((len(noise),), float(n), dtype=torch.float64)
-        raise ValueError(f"kind: expected 'dop853' or 'knots', got {self.kind!r}")
-
-    def refined(self) -> Reference:
-        """The tighter solve whose difference from this one estimates this one's error."""
-        if self.kind == "dop853":
-            return replace(self, rtol=self.rtol / 100)
-        return replace(self, refine=2 * self.refine)
-
-    def describe(self) -> str:
-        if self.kind == "dop853":
-            return f"SciPy DOP853 per noise, rtol = atol = {self.rtol:g}, float64"
-        return (
-            f"RK4 on a fixed grid through every knot σ(t), t = 0…T−1, pieces ≤ {self.max_step:g} in log σ"
-            + (f", each halved {int(math.log2(self.refine))}×" if self.refine > 1 else "")
-            + ", float64"
-        )
-
-
-def default_reference(model: Model) -> Reference:
-    """Knot-grid RK4 for a network on a discrete schedule (ε kinks at integer t), DOP853 else."""
-    if isinstance(model, EpsModel):
-        if model.snap_timesteps:
-            raise ValueError("model: snapped timesteps make ε discontinuous; no reference for that")
-        return Reference("knots")
-    return Reference("dop853")
-
-
 def load_problem(model_name: str) -> tuple[Model, str]:
     """A built-in model in float64 (a network is converted with ``.double()``) and its title."""
-    from .zoo import load
+    from ..zoo import load
 
     model = load(model_name)
     net = getattr(model, "net", None)

@@ -80,7 +80,7 @@ def digits_frechet(samples: Tensor, reference: Tensor) -> dict[str, float]:
     """Fréchet distances of digit samples to a reference set: in the classifier's 64-d feature space
     (``fd_features``) and in the 64-d pixel space (``fd_pixels``). Samples are clamped to the data
     range [−1, 1] first, as an image would be when saved."""
-    from .zoo.classifier import features
+    from ..zoo.classifier import features
 
     x = samples.detach().float().cpu().clamp(-1, 1)
     ref = reference.detach().float().cpu()
@@ -112,7 +112,7 @@ def _chunks(
     Chunk c always draws its noise x_T (and, for η > 0, the fresh noise of every step) from a
     generator seeded with (seed, c), so results do not depend on how many processes share the work
     and every method starts from the same x_T."""
-    from .api import sample
+    from ..api import sample
 
     out, counted = [], set()
     for c in mine:
@@ -148,9 +148,9 @@ def quality_study(
     under ``torchrun``); the main process gathers, writes ``nfe_vs_quality.{csv,md,png}`` to
     ``out_dir`` (if given) and returns the rows; the others return None.
     """
-    from . import shard as sh
-    from .zoo import load
-    from .zoo.digits import load_data
+    from .. import shard as sh
+    from ..zoo import load
+    from ..zoo.digits import load_data
 
     model = load(model_name)
     shape = tuple(model.sample_shape)

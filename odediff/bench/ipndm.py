@@ -56,7 +56,7 @@ def ipndm_sample(model, noise: Tensor, sigmas: list[float] | Tensor) -> tuple[Te
 
 
 def ipndm_method(grid: str) -> Callable[[object, Tensor, int], tuple[Tensor, int]]:
-    """A method for :func:`odediff.study.nfe_error_study`: iPNDM on an odediff grid family with
+    """A method for :func:`odediff.bench.study.nfe_error_study`: iPNDM on an odediff grid family with
     ``nfe`` intervals (``nfe`` evaluations: one per positive σ of the grid)."""
 
     def run(model, noise: Tensor, nfe: int) -> tuple[Tensor, int]:
