@@ -1,7 +1,9 @@
-"""Per-NFE solver overhead, odediff vs diffusers (and k-diffusion if it imports), in one run.
+"""Per-NFE solver overhead, odediff vs a bare loop and diffusers (and k-diffusion if it imports),
+in one run.
 
 A near-free network (batch 1, 1×8×8, ε = x_t·0.5) on one thread makes the loop's own cost
 visible: overhead per NFE = (time of a whole solve − NFE × time of one bare network call) / NFE.
+The bare loop is the least any sampler does: the network call and one axpy x ← x + h·ε per step.
 
     python benchmarks/overhead.py [--nfe 50] [--repeats 30] [--out out/overhead.csv]
 """
@@ -18,8 +20,12 @@ import torch
 import odediff
 
 
-def net(x, t):
+def scale(x, t):
     return 0.5 * x
+
+
+CONV = torch.nn.Conv2d(1, 1, 3, padding=1).requires_grad_(False)
+NETS = {"scale": scale, "conv": lambda x, t: CONV(x)}
 
 
 def best_time(fn, repeats: int) -> float:
@@ -36,21 +42,37 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nfe", type=int, default=50)
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument(
+        "--net",
+        choices=sorted(NETS),
+        default="scale",
+        help="the network: ε = 0.5·x_t (near free), or a 3×3 convolution",
+    )
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default="out/overhead.csv")
     a = p.parse_args()
     torch.set_num_threads(1)
-    x = torch.randn(1, 1, 8, 8)
-    t = torch.zeros(1)
+    net = NETS[a.net]
+    x = torch.randn(a.batch, 1, 8, 8)
+    t = torch.zeros(a.batch)
     sched = odediff.DiscreteSchedule.linear()
     model = odediff.EpsModel(net, sched.alphas_cumprod)
     per_call = best_time(lambda: [net(x, t) for _ in range(1000)], a.repeats) / 1000
 
     rows = []
+    hs = odediff.plan(sched, odediff.get_solver("euler"), a.nfe).diff().tolist()
+
+    def bare():
+        y = x
+        for h in hs:
+            y = torch.add(y, net(y, t), alpha=h)
+        return y
 
     def record(name: str, fn, nfe: int) -> None:
         total = best_time(fn, a.repeats)
         rows.append((name, nfe, total / nfe * 1e6, (total - nfe * per_call) / nfe * 1e6))
 
+    record("bare loop (network + axpy)", bare, a.nfe)
     for solver in ("euler", "adams", "heun", "ddim"):
         record(f"odediff {solver}", lambda s=solver: odediff.sample(model, x, solver=s, nfe=a.nfe), a.nfe)
 
@@ -89,17 +111,24 @@ def main() -> None:
         print("k-diffusion does not import: no k-diffusion row")
 
     ref = {r[0]: r[3] for r in rows}.get("diffusers DDIM")
-    print(f"network call alone: {per_call * 1e6:.1f} µs; NFE per solve: {a.nfe}; best of {a.repeats}")
-    print(f"{'method':28s} {'µs/NFE':>8s} {'overhead µs/NFE':>16s} {'vs diffusers DDIM':>18s}")
+    bare = rows[0][2]
+    print(
+        f"network ({a.net}, batch {a.batch}) alone: {per_call * 1e6:.1f} µs; NFE per solve: {a.nfe}; "
+        f"best of {a.repeats}.\nvs bare loop: time per NFE over the bare loop's; vs DDIM: overhead over its"
+    )
+    print(f"{'method':28s} {'µs/NFE':>8s} {'overhead µs/NFE':>16s} {'vs bare loop':>13s} {'vs DDIM':>8s}")
     for name, _, us, ov in rows:
         ratio = f"{ov / ref:.2f}×" if ref else "-"
-        print(f"{name:28s} {us:8.1f} {ov:16.1f} {ratio:>18s}")
+        print(f"{name:28s} {us:8.1f} {ov:16.1f} {us / bare:12.2f}× {ratio:>8s}")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "nfe", "us_per_nfe", "overhead_us_per_nfe", "ratio_vs_diffusers_ddim"])
+        w.writerow(
+            ["method", "net", "batch", "nfe", "us_per_nfe", "overhead_us_per_nfe", "vs_bare", "vs_ddim"]
+        )
         for name, nfe, us, ov in rows:
-            w.writerow([name, nfe, f"{us:.2f}", f"{ov:.2f}", f"{ov / ref:.3f}" if ref else ""])
+            w.writerow([name, a.net, a.batch, nfe, f"{us:.2f}", f"{ov:.2f}", f"{us / bare:.3f}",
+                        f"{ov / ref:.3f}" if ref else ""])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class CountedField:
             raise TypeError(f"model: ε is {type(eps).__name__}, expected a tensor")
         if eps.shape != x.shape:
             raise ValueError(f"model: ε has shape {tuple(eps.shape)}, expected the input's {tuple(x.shape)}")
-        self._sums.append(eps.detach().sum())  # NaN and ±Inf survive a sum
+        self._sums.append((eps.detach() if eps.requires_grad else eps).sum())  # NaN, ±Inf survive a sum
         self._where.append((self.step, sigma))
         if len(self._sums) >= CHECK_EVERY:
             self.check()
