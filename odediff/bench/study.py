@@ -202,6 +202,9 @@ class _Free:
     def eps(self, xbar: Tensor, sigma: float) -> Tensor:
         return torch.zeros_like(xbar)
 
+    def parameters_like(self) -> None:
+        return None
+
 
 def peer_steps(schedule: DiscreteSchedule, peer: Peer, nfe: int) -> tuple[int, int] | None:
     """(num_inference_steps, counted NFE) with the largest counted NFE ≤ ``nfe`` (exact if
