@@ -24,7 +24,7 @@ from .. import shard
 from ..api import sample
 from ..grids import DEFAULT_GRID
 from ..integrate import CountedField
-from ..models import Model
+from ..models import EpsModel, Model
 from ..reference import Reference, default_reference
 from ..schedules import DiscreteSchedule
 from ..solvers import get_solver
@@ -166,9 +166,11 @@ def run_peer(model: Model, peer: Peer, noise: Tensor, steps: int) -> tuple[Tenso
     """Drive a diffusers scheduler by its own loop (set_timesteps, scale_model_input, step) on
     the model from x_T = ``noise``; returns (x_0 in float64, counted NFE).
 
-    The network is asked for ε at the σ the scheduler steps with (its ``sigmas`` entry, or
-    σ(t) for DDIM/PNDM), i.e. at the fractional t(σ) rather than diffusers' int64-rounded
-    timestep, which would only add error. A scheduler that stops above σ = 0 is finished by
+    A network on a discrete schedule (an :class:`~odediff.EpsModel`) sees what it sees in a
+    pipeline: the sample the scheduler scales with its own σ, at the scheduler's own timestep
+    t (for Karras or exponential σ's, diffusers' interpolated t, not t(σ)). A model without
+    timesteps (the mixture) is asked at the σ the scheduler steps with. A scheduler that stops
+    above σ = 0 is finished by
     the shared step x̂_0 = x̄ − σ·ε (reusing the last ε if its final step was a no-op at σ_min,
     as DEIS and SA-Solver take with Karras σ's)."""
     sched = peer.make(model.schedule, steps)
@@ -177,12 +179,15 @@ def run_peer(model: Model, peer: Peer, noise: Tensor, steps: int) -> tuple[Tenso
     vp = float(sched.init_noise_sigma) == 1.0  # otherwise the state is x̄ (k-diffusion style)
     gen = {"generator": torch.Generator().manual_seed(0)} if peer.seeded else {}
     x = noise.to(torch.float64) * float(sched.init_noise_sigma)
+    timed = isinstance(model, EpsModel)
     sigma = eps = before = None
     with torch.no_grad():
         for i, t in enumerate(sched.timesteps):
             x_t = sched.scale_model_input(x, t)
             sigma = float(table[i]) if table is not None else float(model.schedule.sigma_of_t(float(t)))
-            eps = fld(x_t * math.sqrt(1 + sigma * sigma), sigma)
+            # x̄ at σ(t) makes EpsModel hand its network exactly (x_t, t)
+            s_net = float(model.schedule.sigma_of_t(float(t))) if timed else sigma
+            eps = fld(x_t * math.sqrt(1 + s_net * s_net), s_net)
             before, x = x, sched.step(eps, t, x, **gen).prev_sample
         end = _final_sigma(sched)
         if end > 0:

@@ -75,7 +75,7 @@ class Adams(Solver):
     """Adams–Bashforth of order ≤ ``order`` (1–4) with coefficients for the actual grid."""
 
     order: int = 3
-    variable: Literal["sigma", "log_sigma"] = "sigma"
+    variable: Literal["sigma", "log_sigma", "index"] = "sigma"
     weights: Literal["exact", "fixed"] = "fixed"
     corrector: bool = False
     blend: tuple[float, ...] = ()
@@ -84,8 +84,8 @@ class Adams(Solver):
     def __post_init__(self) -> None:
         if isinstance(self.order, bool) or self.order not in (1, 2, 3, 4):
             raise ValueError(f"order: expected 1, 2, 3 or 4, got {self.order!r}")
-        if self.variable not in ("sigma", "log_sigma"):
-            raise ValueError(f"variable: expected 'sigma' or 'log_sigma', got {self.variable!r}")
+        if self.variable not in ("sigma", "log_sigma", "index"):
+            raise ValueError(f"variable: expected 'sigma', 'log_sigma' or 'index', got {self.variable!r}")
         if self.weights not in ("exact", "fixed"):
             raise ValueError(f"weights: expected 'exact' or 'fixed', got {self.weights!r}")
         if not isinstance(self.corrector, bool):
@@ -148,19 +148,46 @@ class Adams(Solver):
 def _weights(
     nodes: tuple[float, ...], lo: float, hi: float, variable: str, fixed: bool, beta: float
 ) -> tuple[float, ...]:
-    """Weights for ∫_lo^hi P(u) w(u) du, P through ε at ``nodes`` (σ, newest first), in u = σ or
-    log σ; ``fixed`` spaces the nodes by the current step (constant-step weights); ``beta``
-    blends order k with order k − 1."""
-    to_u = math.log if variable == "log_sigma" else float
-    u_lo, u_hi = to_u(lo), to_u(hi)
-    k = len(nodes)
-    newest = to_u(nodes[0])  # u_lo for Adams–Bashforth, u_hi for the Adams–Moulton corrector
-    u = [newest - j * (u_hi - u_lo) for j in range(k)] if fixed else [to_u(s) for s in nodes]
-    b = ab_weights(u, u_hi, variable, start=u_lo)
-    if beta != 1.0 and k > 1:
-        lower = [*ab_weights(u[:-1], u_hi, variable, start=u_lo), 0.0]
+    """Weights for ∫_lo^hi P(u) w(u) du, P through ε at ``nodes`` (σ, newest first), in u = σ,
+    log σ or the grid index; ``fixed`` spaces the nodes by the current step (constant-step
+    weights); ``beta`` blends order k with order k − 1."""
+    b = _plain_weights(nodes, lo, hi, variable, fixed)
+    if beta != 1.0 and len(nodes) > 1:
+        lower = [*_plain_weights(nodes[:-1], lo, hi, variable, fixed), 0.0]
         b = [beta * x + (1 - beta) * y for x, y in zip(b, lower)]
     return tuple(b)
+
+
+def _plain_weights(nodes, lo, hi, variable, fixed) -> list[float]:
+    if variable == "index":
+        return _index_weights(nodes, lo, hi)
+    to_u = math.log if variable == "log_sigma" else float
+    u_lo, u_hi = to_u(lo), to_u(hi)
+    newest = to_u(nodes[0])  # u_lo for Adams–Bashforth, u_hi for the Adams–Moulton corrector
+    u = [newest - j * (u_hi - u_lo) for j in range(len(nodes))] if fixed else [to_u(s) for s in nodes]
+    return ab_weights(u, u_hi, variable, start=u_lo)
+
+
+def _index_weights(nodes: tuple[float, ...], lo: float, hi: float) -> list[float]:
+    """Adams in the grid index u, where every grid is uniform: dx̄/du = ε·dσ/du. ε's nodes sit at
+    u = 0, −1, …, −(k−1) (newest first); σ(u) is the polynomial through the grid points known
+    (the nodes, and for Adams–Bashforth the next point at u = 1); b_j = ∫ ℓ_j(u) σ'(u) du over
+    [0, 1] (Adams–Bashforth) or [−1, 0] (the corrector, whose newest node is ``hi``)."""
+    k = len(nodes)
+    us = -np.arange(k, dtype=np.float64)
+    moulton = hi == nodes[0] and lo != nodes[0]
+    pu = us if moulton else np.concatenate([[1.0], us])
+    ps = np.array(nodes if moulton else (hi, *nodes), dtype=np.float64)
+    ds = np.polynomial.polynomial.Polynomial.fit(pu, ps, len(pu) - 1, domain=[-1, 1], window=[-1, 1]).deriv()
+    a = -1.0 if moulton else 0.0
+    x, w = _gauss_legendre(8)
+    u = a + 0.5 * (x + 1)
+    ell = np.ones((k, len(u)))
+    for j in range(k):
+        for m in range(k):
+            if m != j:
+                ell[j] *= (u - us[m]) / (us[j] - us[m])
+    return (0.5 * (ell * ds(u) * w).sum(axis=1)).tolist()
 
 
 def _accumulate(x, weights, history):
