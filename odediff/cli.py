@@ -241,6 +241,18 @@ def _image_format(path: str, flag: str = "--out") -> str:
     return fmt
 
 
+def _unwritable(folder: str) -> str | None:
+    """Why no file can be made in ``folder`` (by making and removing one), or None."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
 def _check_file_out(path: str, flag: str = "--out", example: str = "out.png") -> None:
     if not path:
         raise UsageError(f"argument {flag}: expected a file name, got ''")
@@ -251,8 +263,11 @@ def _check_file_out(path: str, flag: str = "--out", example: str = "out.png") ->
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"argument {flag}: {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UsageError(f"argument {flag}: {path} is not writable")
+    why = _unwritable(folder)
+    if why is None and os.path.exists(path) and not os.access(path, os.W_OK):
+        why = "permission denied"
+    if why is not None:
+        raise UsageError(f"argument {flag}: cannot write {path} ({why})")
 
 
 def _check_image_out(path: str, flag: str = "--out") -> str:
@@ -272,8 +287,9 @@ def _check_folder_out(path: str, flag: str = "--out") -> None:
         q = os.path.dirname(q)
     if not os.path.isdir(q):
         raise UsageError(f"argument {flag}: cannot make folder {path}: {q} is a file")
-    if not os.access(q, os.W_OK | os.X_OK):
-        raise UsageError(f"argument {flag}: cannot write in {q}")
+    why = _unwritable(q)
+    if why is not None:
+        raise UsageError(f"argument {flag}: cannot make folder {path} in {q} ({why})")
 
 
 def _check_file_in(path: str, what: str) -> None:

@@ -281,6 +281,7 @@ BAD = [
     ("sample --out {dir}", "argument --out: {dir} is a folder"),
     ("sample --out {new}/s.png", "does not exist"),
     ("sample --bogus", "odediff sample: error: unrecognized arguments: --bogus"),
+    *[("sample --out /proc/s.png", "argument --out: cannot write /proc/s.png")] * os.path.isdir("/proc"),
     # encode
     ("encode {missing} --out {new}.pt", "missing.png: no such file"),
     ("encode {dir} --out {new}.pt", "is a folder, not an image"),
@@ -323,6 +324,7 @@ BAD = [
     ("bench quality --out {text}", "argument --out: {text} is a file, not a folder"),
     ("demo --out {text}", "argument --out: {text} is a file, not a folder"),
     ("demo --out {text}/x", "argument --out: cannot make folder"),
+    *[("demo --out /proc/x/y", "argument --out: cannot make folder /proc/x/y")] * os.path.isdir("/proc"),
     ("frobnicate", "argument COMMAND: invalid choice: 'frobnicate'"),
     ("bench", "required: STUDY"),
     ("bench frob", "argument STUDY: invalid choice"),
