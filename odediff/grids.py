@@ -4,8 +4,12 @@ A grid of n intervals starts at σ_max and ends at 0; its n positive points are 
 may evaluate the model, and the last of them, σ_last, is where the final step x̂_0 = x̄ − σ·ε is
 taken from. Each family spaces its points by a parameter u ∈ [0, 1] (u = 1 at σ_max, u = 0 at
 σ_min, in the family's own variable: t, σ^{1/ρ}, log σ) and takes u_i = 1 − i·(1 − u_last)/(n − 1)
-for i < n: ``sigma_last`` (a σ in [σ_min, σ_max]) sets u_last. Grids for encoding are the same
-grids reversed. :func:`plan` turns a solver's budget or an explicit grid into the grid it uses.
+for i < n. ``sigma_last`` (a σ in [σ_min, σ_max]) sets u_last; by default u_last = 1/n, so that
+u_i = 1 − i/n ("trailing", as diffusers' spacing of that name): the last evaluation is one step
+of the family's spacing above σ_min. Ending at σ_min instead (``sigma_last=schedule.sigma_min``,
+as DDIM's original code does) spends the last evaluation where the final step moves x̄ by only
+σ_min·ε. Grids for encoding are the same grids reversed. :func:`plan` turns a solver's budget
+or an explicit grid into the grid it uses.
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ def _unit(n: int, u_last: float) -> Tensor:
 
 
 def _last_u(schedule: DiscreteSchedule, n: int, sigma_last: float | None, to_u: Callable[[float], float]):
-    if sigma_last is None:
-        return 0.0
+    if sigma_last is None:  # trailing: one step of the family's spacing above σ_min
+        return 1.0 / n
     s = float(sigma_last)
     if not (math.isfinite(s) and schedule.sigma_min <= s <= schedule.sigma_max):
         raise ValueError(

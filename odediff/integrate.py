@@ -221,6 +221,7 @@ def integrate(
             ) from None
         finally:
             if bar is not None:
+                bar.refresh()  # the last count and NFE are shown, not the last throttled update
                 bar.close()
         if nfe is not None and fld.nfe != nfe:  # a planning bug, never the user's fault
             raise RuntimeError(f"{solver.name} spent {fld.nfe} evaluations on a budget of {nfe}")

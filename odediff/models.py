@@ -99,7 +99,11 @@ class EpsModel:
         t_batch = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
         out = self.net(x_t, t_batch, **self.net_kwargs)
         if not isinstance(out, Tensor):  # e.g. diffusers' UNet2DOutput
-            out = out.sample if hasattr(out, "sample") else out[0]
+            out = getattr(out, "sample", None) if hasattr(out, "sample") else _first(out)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"net: returned {type(out).__name__}, expected a tensor (or an output with .sample)"
+            )
         if out.shape != xbar.shape:
             raise ValueError(
                 f"net: output shape {tuple(out.shape)} differs from its input shape "
@@ -110,6 +114,10 @@ class EpsModel:
     def parameters_like(self) -> tuple[torch.device, torch.dtype] | None:
         """(device, dtype) of the network's first parameter, if it has any."""
         return parameters_like(self.net)
+
+
+def _first(out: object) -> object:
+    return out[0] if isinstance(out, tuple | list) and out else out
 
 
 def parameters_like(net: object) -> tuple[torch.device, torch.dtype] | None:

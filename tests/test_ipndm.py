@@ -31,13 +31,32 @@ def test_matches_odediff_fixed_adams_order_4(grid, n):
     sigmas = make_grid(model.schedule, n, grid)
     x_ref, nfe = ipndm_sample(model, noise, sigmas)
     x, info = odediff.sample(
-        model, noise, solver="adams", order=4, weights="fixed", sigmas=sigmas, return_info=True
+        model,
+        noise,
+        solver="adams",
+        order=4,
+        weights="fixed",
+        variable="sigma",
+        predict="eps",
+        corrector=False,
+        sigmas=sigmas,
+        return_info=True,
     )
     assert nfe == info.nfe == n
     scale = x_ref.abs().max().item()
     assert (x - x_ref).abs().max().item() <= 1e-12 * scale
     if n > 3:  # the comparison can tell orders apart: order 3 differs once the 4th weight is used
-        x3 = odediff.sample(model, noise, solver="adams", order=3, weights="fixed", sigmas=sigmas)
+        x3 = odediff.sample(
+            model,
+            noise,
+            solver="adams",
+            order=3,
+            weights="fixed",
+            variable="sigma",
+            predict="eps",
+            corrector=False,
+            sigmas=sigmas,
+        )
         assert (x3 - x_ref).abs().max().item() > 1e-6
 
 

@@ -70,15 +70,21 @@ def test_grid_shape(name, n):
     assert g.dtype == torch.float64 and g.numel() == n + 1
     assert g[-1] == 0 and math.isclose(float(g[0]), s.sigma_max, rel_tol=1e-12)
     assert (g[1:] < g[:-1]).all()
+    # trailing by default: the last positive point is one step of the family above σ_min
+    ref = grids.GRIDS[name](s, n + 1, sigma_last=s.sigma_min)
+    assert torch.allclose(g[:-1], ref[:-2], rtol=1e-12)
     if n > 1:
-        assert math.isclose(float(g[-2]), s.sigma_min, rel_tol=1e-12)
+        low = grids.make_grid(s, n, name, sigma_last=s.sigma_min)
+        assert math.isclose(float(low[-2]), s.sigma_min, rel_tol=1e-12)
 
 
 def test_grid_families():
     s = DiscreteSchedule.linear()
-    t = torch.linspace(999, 0, 6, dtype=torch.float64)
-    assert torch.allclose(grids.uniform_t(s, 6)[:-1], s.sigma_of_t(t))
-    assert torch.allclose(grids.quadratic_t(s, 6)[:-1], s.sigma_of_t(999 * torch.linspace(1, 0, 6) ** 2))
+    u = 1 - torch.arange(6, dtype=torch.float64) / 6  # trailing: u_i = 1 − i/n
+    assert torch.allclose(grids.uniform_t(s, 6)[:-1], s.sigma_of_t(999 * u))
+    assert torch.allclose(grids.quadratic_t(s, 6)[:-1], s.sigma_of_t(999 * u**2))
+    t = torch.linspace(999, 0, 6, dtype=torch.float64)  # ending at σ_min: u_i = 1 − i/(n − 1)
+    assert torch.allclose(grids.uniform_t(s, 6, sigma_last=s.sigma_min)[:-1], s.sigma_of_t(t))
     ls = grids.log_snr(s, 6)[:-1].log()
     assert torch.allclose(ls[1:] - ls[:-1], (ls[1] - ls[0]).expand(5))
     k = grids.karras(s, 6, rho=7.0)[:-1] ** (1 / 7)

@@ -12,6 +12,7 @@ from odediff.solvers import SOLVERS, Adams
 from odediff.zoo import gmm_digits
 
 FIXED = [name for name, s in SOLVERS.items() if not s.adaptive]
+EPS = dict(variable="sigma", predict="eps", corrector=False)  # Adams on ε in σ
 
 
 def noise64(*shape, seed=0):
@@ -38,16 +39,18 @@ def flow_error(model, solver, n, **opts):
         ("euler", {}, 0.9, 1.1),
         ("ddim", {}, 0.9, 1.1),
         ("heun", {}, 1.85, 2.2),
-        ("adams", {"order": 2, "weights": "exact"}, 1.85, 2.3),
-        ("adams", {"order": 3, "weights": "exact"}, 2.8, 3.3),
-        ("adams", {"order": 4, "weights": "exact"}, 3.6, 4.5),
-        ("adams", {"order": 4, "variable": "log_sigma", "weights": "exact"}, 3.7, 4.5),
-        # the PEC corrector (Adams–Moulton through one more ε) raises the order by one
-        ("adams", {"order": 1, "corrector": True}, 1.85, 2.3),
-        ("adams", {"order": 2, "weights": "exact", "corrector": True}, 2.8, 3.3),
-        ("adams", {"order": 3, "weights": "exact", "corrector": True}, 3.6, 4.5),
+        ("adams", {**EPS, "order": 2, "weights": "exact"}, 1.85, 2.3),
+        ("adams", {**EPS, "order": 3, "weights": "exact"}, 2.8, 3.3),
+        ("adams", {**EPS, "order": 4, "weights": "exact"}, 3.6, 4.5),
+        ("adams", {**EPS, "order": 4, "variable": "log_sigma", "weights": "exact"}, 3.7, 4.5),
+        # the PEC corrector (Adams–Moulton through one more ε) makes order k of a k − 1 predictor
+        ("adams", {**EPS, "order": 2, "weights": "fixed", "corrector": True}, 1.85, 2.3),
+        ("adams", {**EPS, "order": 3, "weights": "exact", "corrector": True}, 2.8, 3.3),
+        ("adams", {**EPS, "order": 4, "weights": "exact", "corrector": True}, 3.6, 4.5),
         # constant-step weights on a non-uniform (here geometric) grid are only 2nd order
-        ("adams", {"weights": "fixed"}, 1.85, 2.3),
+        ("adams", {**EPS, "weights": "fixed"}, 1.85, 2.3),
+        # the default: order 3 on the data prediction in log σ, with the corrector
+        ("adams", {}, 2.8, 3.3),
     ],
 )
 def test_empirical_order(gauss, solver, opts, lo, hi):
@@ -83,7 +86,7 @@ def test_counted_nfe_equals_budget(gauss, solver, grid):
 
 
 @pytest.mark.parametrize(
-    "opts", [{"corrector": True}, {"corrector": True, "variable": "log_sigma", "order": 4}]
+    "opts", [{}, {"corrector": True, "variable": "log_sigma", "order": 4}, {**EPS, "corrector": True}]
 )
 def test_corrector_spends_exactly_the_budget(gauss, opts):
     for nfe in (1, 2, 3, 5, 10, 17):
@@ -134,7 +137,7 @@ def test_encode_reaches_the_exact_latent(gauss):
 def test_fixed_and_exact_weights_agree_on_a_uniform_grid(gauss, order, corrector):
     sig = torch.linspace(gauss.schedule.sigma_max, gauss.schedule.sigma_min, 30, dtype=torch.float64)
     x = noise64(3, 8)
-    kw = dict(solver="adams", order=order, corrector=corrector, sigmas=sig)
+    kw = dict(solver="adams", order=order, corrector=corrector, sigmas=sig, variable="sigma", predict="eps")
     a = odediff.sample(gauss, x, weights="fixed", **kw)
     b = odediff.sample(gauss, x, weights="exact", **kw)
     assert (a - b).abs().max().item() < 1e-12
@@ -191,12 +194,17 @@ def test_blend_mixes_orders_and_keeps_each_step_consistent(variable):
     keeps Σ_j b_ij = ∫ w du over the step (the step integrates a constant ε exactly)."""
     sig = tuple(grids.quadratic_t(gmm_digits().schedule, 10).tolist())
     n = len(sig) - 1
-    plain = Adams(order=3, variable=variable).coefficients(sig)
-    assert Adams(order=3, variable=variable, blend=(1.0,) * n).coefficients(sig) == plain
+    plain = Adams(order=3, variable=variable, predict="eps", corrector=False).coefficients(sig)
+    assert (
+        Adams(order=3, variable=variable, predict="eps", corrector=False, blend=(1.0,) * n).coefficients(sig)
+        == plain
+    )
     betas = tuple(torch.linspace(-0.5, 1.5, n, dtype=torch.float64).tolist())
-    mixed = Adams(order=3, variable=variable, blend=betas).coefficients(sig)
-    lower = Adams(order=2, variable=variable).coefficients(sig)
-    zero = Adams(order=3, variable=variable, blend=(0.0,) * n).coefficients(sig)
+    mixed = Adams(order=3, variable=variable, predict="eps", corrector=False, blend=betas).coefficients(sig)
+    lower = Adams(order=2, variable=variable, predict="eps", corrector=False).coefficients(sig)
+    zero = Adams(order=3, variable=variable, predict="eps", corrector=False, blend=(0.0,) * n).coefficients(
+        sig
+    )
     for i in range(n):
         a, b = sig[i], sig[i + 1]
         assert sum(mixed[i]) == pytest.approx(b - a, rel=1e-12, abs=1e-15), i

@@ -1,14 +1,28 @@
-"""Variable-step Adams–Bashforth on the σ-ODE, one network evaluation per step.
+"""Variable-step Adams methods on the σ-ODE, one network evaluation per step.
 
 Step i goes from u_i to u_{i+1} with the polynomial P through the last k values of ε at
 u_i, u_{i−1}, …, u_{i−k+1} (k ramps up from 1 as history accumulates):
 
     x̄_{i+1} = x̄_i + Σ_j b_ij ε_{i−j},   b_ij = ∫_{u_i}^{u_{i+1}} ℓ_j(u) w(u) du
 
-with ℓ_j the Lagrange basis. In σ (``variable="sigma"``) w = 1. In λ = log σ
-(``variable="log_sigma"``) w = e^λ, since dσ = e^λ dλ: the exponential-integrator form.
+with ℓ_j the Lagrange basis. The variable u:
+
+- ``"sigma"``: u = σ, w = 1;
+- ``"log_sigma"``: u = λ = log σ, w = e^λ (dσ = e^λ dλ): the exponential-integrator form;
+- ``"index"``: u = the grid index, in which every grid is uniform; w = dσ/du from the
+  polynomial through the grid points (dx̄/du = ε·dσ/du).
+
+``predict="x0"`` (with ``"log_sigma"``, as DPM-Solver++) interpolates the data prediction
+x̂_0 = x̄ − σε instead and integrates d(x̄/σ)/dλ = −x̂_0·e^{−λ}:
+x̄_{i+1} = (σ_{i+1}/σ_i)·x̄_i − σ_{i+1} Σ_j c_ij x̂_0,{i−j}; order 1 is DDIM again.
 ``weights="fixed"`` uses the constant-step weights (as if the past steps had the size of the
-current one) on the actual grid, as iPNDM does. ``blend`` (one β_i per interval, e.g. found by
+current one) on the actual grid, as iPNDM does. ``corrector=True`` adds the Adams–Moulton
+correction (PEC, as UniPC's UniC) with the same one evaluation: the method has order ``order``
+with a predictor of order ``order`` − 1 (1 at order 1).
+
+The default, ``adams`` of :data:`odediff.SOLVERS`, is order 3 with the corrector on the data
+prediction in log σ with exact weights: chosen on the zoo's trained networks and the mixture
+together (README, "How the defaults were chosen"). ``blend`` (one β_i per interval, e.g. found by
 :func:`odediff.tune_grid` with ``tune_weights=True``) mixes the orders of each step,
 b_i = β_i·b_i^(k) + (1 − β_i)·b_i^(k−1); any β keeps the step consistent (Σ_j b_ij = ∫ w du),
 β_i = 1 is plain Adams. The b_ij are computed in float64 from the σ history the state carries
@@ -72,13 +86,14 @@ class AdamsState(NamedTuple):
 
 @dataclass(frozen=True)
 class Adams(Solver):
-    """Adams–Bashforth of order ≤ ``order`` (1–4) with coefficients for the actual grid."""
+    """Adams of order ≤ ``order`` (1–4) with coefficients for the actual grid (module docstring)."""
 
     order: int = 3
-    variable: Literal["sigma", "log_sigma", "index"] = "sigma"
-    weights: Literal["exact", "fixed"] = "fixed"
-    corrector: bool = False
+    variable: Literal["sigma", "log_sigma", "index"] = "log_sigma"
+    weights: Literal["exact", "fixed"] = "exact"
+    corrector: bool = True
     blend: tuple[float, ...] = ()
+    predict: Literal["eps", "x0"] = "x0"
     name: ClassVar[str] = "adams"
 
     def __post_init__(self) -> None:
@@ -88,6 +103,13 @@ class Adams(Solver):
             raise ValueError(f"variable: expected 'sigma', 'log_sigma' or 'index', got {self.variable!r}")
         if self.weights not in ("exact", "fixed"):
             raise ValueError(f"weights: expected 'exact' or 'fixed', got {self.weights!r}")
+        if self.predict not in ("eps", "x0"):
+            raise ValueError(f"predict: expected 'eps' or 'x0', got {self.predict!r}")
+        if self.predict == "x0" and self.variable != "log_sigma":
+            raise ValueError(
+                f"predict: 'x0' is the exponential-integrator form in log σ; with variable={self.variable!r} "
+                "pass predict='eps'"
+            )
         if not isinstance(self.corrector, bool):
             raise ValueError(f"corrector: expected True or False, got {self.corrector!r}")
         try:  # a list (e.g. from a JSON file) becomes a tuple, so the solver stays hashable
@@ -109,7 +131,8 @@ class Adams(Solver):
     def _weights(self, nodes: tuple[float, ...], lo: float, hi: float, index: int, moulton: bool):
         """Weights of ε at ``nodes`` (σ, newest first) for ∫ over σ ∈ [lo, hi]."""
         beta = self.blend[index] if self.blend and not moulton else 1.0
-        return _weights(nodes, lo, hi, self.variable, self.weights == "fixed", beta)
+        variable = "x0" if self.predict == "x0" else self.variable
+        return _weights(nodes, lo, hi, variable, self.weights == "fixed", beta)
 
     def coefficients(self, sigmas: tuple[float, ...], moulton: bool = False) -> tuple[tuple[float, ...], ...]:
         """Per interval of the grid, the weights :meth:`step` uses (newest ε first): Adams–Bashforth
@@ -120,24 +143,32 @@ class Adams(Solver):
                 out.append(() if moulton else (s1 - s0,))
                 hist = ()
                 continue
-            hist = (s0, *hist)[: self.order + self.corrector]
+            hist = (s0, *hist)[: self.order]
             if moulton:
                 out.append(self._weights(hist, hist[1], s0, i, True) if len(hist) > 1 else ())
             else:
-                out.append(self._weights(hist[: self.order], s0, s1, i, False))
+                out.append(self._weights(hist[: max(1, self.order - self.corrector)], s0, s1, i, False))
         return tuple(out)
 
     def step(self, s0, s1, xbar, state: AdamsState) -> StepGen:
         """x̄ is the predicted state. With the corrector (PEC, as UniPC's UniC does) the one
         evaluation at the predicted point also corrects it by Adams–Moulton before the next
         prediction: x̄_i ← x̄_{i−1} + Σ_j c_ij ε_{i−j}; the ε history keeps the evaluations."""
-        keep = self.order + self.corrector
+        keep, ab = self.order, max(1, self.order - self.corrector)
         eps = yield xbar, s0
+        if self.predict == "x0":
+            eps = xbar - s0 * eps  # the history holds x̂_0 = x̄ − σε instead
         sig, hist = (s0, *state.sigmas)[:keep], (eps, *state.eps)[:keep]
         if self.corrector and len(sig) > 1:
-            xbar = _accumulate(state.corrected, self._weights(sig, sig[1], s0, state.index, True), hist)
-        out = _accumulate(xbar, self._weights(sig[: self.order], s0, s1, state.index, False), hist)
+            start = self._scaled(state.corrected, sig[1], s0)
+            xbar = _accumulate(start, self._weights(sig, sig[1], s0, state.index, True), hist)
+        start = self._scaled(xbar, s0, s1)
+        out = _accumulate(start, self._weights(sig[:ab], s0, s1, state.index, False), hist)
         return out, AdamsState(sig, hist, state.index + 1, xbar if self.corrector else None)
+
+    def _scaled(self, xbar: Tensor, lo: float, hi: float) -> Tensor:
+        """With ``predict="x0"`` x̄/σ is what is integrated: x̄ enters the step as (σ_hi/σ_lo)·x̄."""
+        return xbar if self.predict == "eps" else xbar * (hi / lo)
 
     def to_zero(self, s0, s1, xbar, eps, state: AdamsState):
         # ε at σ = 0 (evaluated at σ_min) joins no polynomial: the history restarts after it
@@ -161,6 +192,12 @@ def _weights(
 def _plain_weights(nodes, lo, hi, variable, fixed) -> list[float]:
     if variable == "index":
         return _index_weights(nodes, lo, hi)
+    if variable == "x0":  # d(x̄/σ)/dλ = −x̂_0·e^{−λ}: weights −σ_hi·∫ ℓ_j(λ) e^{−λ} dλ, via μ = −λ
+        mu = [-math.log(s) for s in nodes]
+        m_lo, m_hi = -math.log(lo), -math.log(hi)
+        if fixed:
+            mu = [mu[0] - j * (m_hi - m_lo) for j in range(len(nodes))]
+        return [hi * w for w in ab_weights(mu, m_hi, "log_sigma", start=m_lo)]
     to_u = math.log if variable == "log_sigma" else float
     u_lo, u_hi = to_u(lo), to_u(hi)
     newest = to_u(nodes[0])  # u_lo for Adams–Bashforth, u_hi for the Adams–Moulton corrector
