@@ -184,7 +184,8 @@ def train_denoiser(
     The target y is set by ``prediction`` (see :func:`target`). Per step, the batch indices, t and ε
     are drawn from a generator seeded with ``seed``, in that order, then ``augment(x_0, generator)``
     (e.g. random flips) if given. The caller seeds torch's global generator before building ``net``.
-    The metadata dict holds the hyper-parameters and the wall time (``seconds``).
+    The metadata dict holds the hyper-parameters, the wall time (``seconds``) and the process's CPU
+    time (``cpu_seconds``; on a shared machine the wall time also counts other jobs).
     """
     from tqdm.auto import tqdm
 
@@ -198,7 +199,7 @@ def train_denoiser(
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, steps, warmup))
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(steps), disable=not progress, desc=desc, smoothing=0.05)
     running = None
     net.train()
@@ -223,11 +224,11 @@ def train_denoiser(
         if k % 50 == 0:
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
     ema.eval()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     meta = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup,
         "weight_decay": weight_decay, "ema_decay": ema_decay, "seed": seed,
-        "seconds": round(elapsed, 1),
+        "seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1),
     }  # fmt: skip
     if progress:
         print(f"trained {steps} steps in {elapsed:.0f} s ({steps / elapsed:.2f} steps/s)")
