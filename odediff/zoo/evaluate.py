@@ -7,11 +7,14 @@ at 51 NFE by default):
 
 - digits networks: the digits classifier's mean max-probability and its class histogram, and the
   Fréchet distance in its 64-d features (:func:`odediff.quality.digits_frechet`) to the 360 held-out
-  digits; as a floor, the same for 360 train digits;
+  digits; as a floor, the same for ``n`` real train digits;
 - ``photos``: the Fréchet distance in the 64-d patch features (:mod:`odediff.zoo.patch_features`) of
-  the samples to the held-out patches and to the train patches, of held-out to train patches, and
-  of held-out patches after a blur or added noise (what the features are sensitive to); a PNG grid of
-  the first 100 samples next to 100 held-out patches in ``--out``.
+  the samples to the held-out patches and to the train patches, of held-out to train patches, of
+  ``n`` real train patches to all of them (the floor at this sample size), and of held-out patches
+  after a blur or added noise (what the features are sensitive to); the same in the 256-d pixel
+  space (``pixels_…``).
+
+With ``--out``, PNG grids of the first 100 samples and of 100 held-out images.
 
     python -m odediff.zoo.evaluate digits-dit --out out/zoo
 """
@@ -90,6 +93,7 @@ def sample_quality(
         "n": n,
         "solver": solver,
         "nfe": nfe,
+        "grid": grid,
         "sample_seconds": round(time.perf_counter() - start, 1),
     }
     res["finite"] = bool(torch.isfinite(x).all())
@@ -100,7 +104,7 @@ def sample_quality(
 
         clf = load_classifier()
         p = clf(x).softmax(1)
-        ref = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[: len(x_test)]]
+        ref = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:n]]
         res["mean_max_prob"] = p.max(1).values.mean().item()
         res["mean_max_prob_heldout"] = clf(x_test).softmax(1).max(1).values.mean().item()
         res["class_counts"] = p.argmax(1).bincount(minlength=10).tolist()
@@ -124,6 +128,10 @@ def sample_quality(
             "heldout_noise0.1_vs_heldout": frechet_distance(
                 features((x_test + 0.1 * noise).clamp(-1, 1)), f_test
             ),
+            "pixels_samples_vs_heldout": frechet_distance(x, x_test),
+            "pixels_samples_vs_train": frechet_distance(x, x_train),
+            "pixels_heldout_vs_train": frechet_distance(x_test, x_train),
+            f"pixels_train{n}_vs_train": frechet_distance(x_train[half], x_train),
             "sample_std": x.std().item(),
             "heldout_std": x_test.std().item(),
             "train_std": x_train.std().item(),
