@@ -11,11 +11,11 @@ patches are deterministic (no random crops). The photos are split *by photo*, ne
     held out (3):  chelsea (a cat), clock, coins
 
 (an animal's face and fur, and objects, each with train photos of a like kind; the three textures
-brick, grass and gravel are all in train). ``cat`` is the same
-image as ``chelsea`` and is not used; nor are the scientific images (hubble_deep_field, retina,
-immunohistochemistry, cell, …), the synthetic ones and the text scans. That is 8,955 train and 1,258
-held-out patches. Training augments with random horizontal flips (photographs are nearly mirror-symmetric;
-they are not upside-down-symmetric, so no vertical flips).
+brick, grass and gravel are all in train). ``cat`` is the same image as ``chelsea`` and is not used;
+nor are the scientific images (hubble_deep_field, retina, immunohistochemistry, cell, …), the
+synthetic ones and the text scans. That is 8,955 train and 1,258 held-out patches. Training augments
+with random horizontal flips (photographs are nearly mirror-symmetric; they are not upside-down
+symmetric, so no vertical flips).
 
 Training by the zoo's loop (:mod:`odediff.zoo.training`) on Stable Diffusion's schedule
 (``DiscreteSchedule.scaled_linear(1000)``: β_t = linspace(sqrt 0.00085, sqrt 0.012, T)², σ_max ≈ 14.6)
@@ -23,8 +23,9 @@ with a = sqrt(ᾱ_t), s = sqrt(1 − ᾱ_t):
 
     x_t = a·x_0 + s·ε,    loss = ‖ε − ε_θ(x_t, t)‖² / d,
 
-the UNet of :mod:`odediff.zoo.unet` with three resolution levels 16×16 → 8×8 → 4×4. Reproduce the
-embedded weights with
+the UNet of :mod:`odediff.zoo.unet` with three resolution levels 16×16 → 8×8 → 4×4. The Fréchet
+distance of its samples is measured in the features of :mod:`odediff.zoo.patch_features`, trained
+on the same train patches. Reproduce the embedded weights with
 
     python -m odediff.zoo.photos --out odediff/zoo/weights/photos.pt
 """
