@@ -70,6 +70,8 @@ def test_unknown_zoo_name_lists_what_exists():
     from odediff.zoo import load
 
     with pytest.raises(
-        ValueError, match=r"name: unknown built-in model 'cifar'; expected one of \['digits', 'gmm-digits'\]"
+        ValueError,
+        match=r"name: unknown built-in model 'cifar'; expected one of "
+        r"\['digits', 'digits-dit', 'digits-seed1', 'gmm-digits', 'photos'\]",
     ):
         load("cifar")

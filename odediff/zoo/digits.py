@@ -10,17 +10,17 @@ Training (DDPM, Ho et al. 2020): linear β schedule, T = 1000, t ~ U{0, …, T�
     x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε,    loss = ‖ε − ε_θ(x_t, t)‖² / d,
 
 AdamW with linear warm-up and cosine decay, and an exponential moving average of the weights
-(the EMA weights are the ones saved). Reproduce the embedded weights with
+(the EMA weights are the ones saved), by the zoo's shared loop (:mod:`odediff.zoo.training`).
+Reproduce the embedded weights (``digits``, seed 0) and the second seed (``digits-seed1``, the
+same recipe and steps with seed 1: seed-to-seed noise) with
 
     python -m odediff.zoo.digits --steps 4000 --out odediff/zoo/weights/digits.pt
+    python -m odediff.zoo.digits --steps 4000 --seed 1 --out odediff/zoo/weights/digits-seed1.pt
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -30,10 +30,12 @@ from torch import Tensor, nn
 
 from ..models import EpsModel
 from ..schedules import DiscreteSchedule
+from . import training
 from .unet import UNet
 
 __all__ = [
     "WEIGHTS",
+    "WEIGHTS_SEED1",
     "GaussianPredictor",
     "denoising_loss",
     "load_data",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 WEIGHTS = Path(__file__).parent / "weights" / "digits.pt"
+WEIGHTS_SEED1 = Path(__file__).parent / "weights" / "digits-seed1.pt"
 SAMPLE_SHAPE = (1, 8, 8)
 UNET_CONFIG = {"channels": 1, "width": 32, "mults": (1, 2, 2)}
 
@@ -80,11 +83,11 @@ def load_data(split: Split = "train") -> tuple[Tensor, Tensor]:
 # --- the trained model ------------------------------------------------------------------------
 
 
-def load_digits_model(path: str | Path | None = None) -> EpsModel:
+def load_digits_model(path: str | Path | None = None, name: str = "digits") -> EpsModel:
     """The trained digits UNet as an :class:`~odediff.EpsModel` (ε-prediction, linear schedule).
 
-    The network is in eval mode with gradients off; ``model.sample_shape == (1, 8, 8)``.
-    ``path`` defaults to the embedded weights.
+    The network is in eval mode with gradients off; ``model.sample_shape == (1, 8, 8)`` and
+    ``model.name == name``. ``path`` defaults to the embedded weights.
     """
     ckpt = torch.load(WEIGHTS if path is None else path, map_location="cpu", weights_only=True)
     net = UNet(**ckpt["config"])
@@ -92,6 +95,7 @@ def load_digits_model(path: str | Path | None = None) -> EpsModel:
     net.eval().requires_grad_(False)
     model = EpsModel(net, schedule(), prediction="epsilon")
     model.sample_shape = SAMPLE_SHAPE
+    model.name = name
     return model
 
 
@@ -103,24 +107,20 @@ def zero_predictor(x_t: Tensor, t: Tensor) -> Tensor:
     return torch.zeros_like(x_t)
 
 
-class GaussianPredictor:
+class GaussianPredictor(training.GaussianPredictor):
     """The best ε̂ if every pixel were independently N(μ_i, v_i) (μ, v fitted on the train split).
 
     With a = sqrt(ᾱ_t), s = sqrt(1 − ᾱ_t):  ε̂ = E[ε | x_t] = s·(x_t − a·μ) / (a²·v + s²).
-    It is linear in x_t, and accepts real t like a network.
+    It is linear in x_t, and accepts real t like a network. ``sched`` defaults to the linear
+    schedule; ``full_covariance=True`` uses the pixels' covariance instead (see
+    :class:`odediff.zoo.training.GaussianPredictor`).
     """
 
-    def __init__(self, x: Tensor | None = None, sched: DiscreteSchedule | None = None) -> None:
+    def __init__(
+        self, x: Tensor | None = None, sched: DiscreteSchedule | None = None, *, full_covariance: bool = False
+    ) -> None:
         x = load_data("train")[0] if x is None else x
-        self.mean = x.double().mean(0)
-        self.var = x.double().var(0, unbiased=False)
-        self.schedule = sched or schedule()
-
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        ac = self.schedule.alpha_cumprod_of_sigma(self.schedule.sigma_of_t(t.cpu()))
-        a, s = ac.sqrt().view(-1, 1, 1, 1), (1 - ac).sqrt().view(-1, 1, 1, 1)
-        eps = s * (x_t.double().cpu() - a * self.mean) / (a * a * self.var + s * s)
-        return eps.to(x_t)
+        super().__init__(x, sched or schedule(), full_covariance=full_covariance)
 
 
 @torch.no_grad()
@@ -131,36 +131,24 @@ def denoising_loss(
     seed: int = 0,
     repeats: int = 10,
     batch_size: int = 1024,
+    sched: DiscreteSchedule | None = None,
 ) -> float:
     """Held-out ε-MSE  mean over (x_0, t, ε) of ‖ε − ε̂(sqrt(ᾱ_t)x_0 + sqrt(1−ᾱ_t)ε, t)‖² / d.
 
     Each image of ``split`` is used ``repeats`` times with t ~ U{0, …, T−1} and ε ~ N(0, I)
     drawn from ``seed``, so every predictor sees the same draws and the numbers are comparable
-    (ε̂ = 0 scores ≈ 1). Takes an EpsModel (its ``.net`` is evaluated) or any ``net(x_t, t)``.
+    (ε̂ = 0 scores ≈ 1). Takes an EpsModel (its ``.net`` is evaluated on its schedule, the output
+    converted to ε̂ by its prediction type) or any ``net(x_t, t)`` returning ε̂ on ``sched``
+    (default: the linear schedule). See :func:`odediff.zoo.training.eps_mse`.
     """
-    net = model_or_net.net if isinstance(model_or_net, EpsModel) else model_or_net
-    sched = model_or_net.schedule if isinstance(model_or_net, EpsModel) else schedule()
-    x0 = load_data(split)[0].repeat(repeats, 1, 1, 1)
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, sched.T, (len(x0),), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    ac = sched.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
-    x_t = ac.sqrt() * x0 + (1 - ac).sqrt() * eps
-    total = 0.0
-    for i in range(0, len(x0), batch_size):
-        sl = slice(i, i + batch_size)
-        total += (net(x_t[sl], t[sl].float()) - eps[sl]).pow(2).sum().item()
-    return total / eps.numel()
+    if not isinstance(model_or_net, EpsModel):
+        sched = sched or schedule()
+    return training.eps_mse(
+        model_or_net, load_data(split)[0], sched, seed=seed, repeats=repeats, batch_size=batch_size
+    )
 
 
 # --- training ---------------------------------------------------------------------------------
-
-
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def train(
@@ -178,63 +166,21 @@ def train(
 ) -> nn.Module:
     """Train the digits UNet on the train split; return the EMA network (and save it to ``out``).
 
-    Minimises ‖ε − ε_θ(sqrt(ᾱ_t)x_0 + sqrt(1−ᾱ_t)ε, t)‖²/d with t ~ U{0, …, T−1}. The EMA is
-    θ̄ ← d·θ̄ + (1 − d)·θ with d = min(ema_decay, (1 + k)/(10 + k)) at step k, so that short runs
-    are not dominated by the initial weights.
+    Minimises ‖ε − ε_θ(sqrt(ᾱ_t)x_0 + sqrt(1−ᾱ_t)ε, t)‖²/d with t ~ U{0, …, T−1}, by the zoo's one
+    loop :func:`odediff.zoo.training.train_denoiser` (EMA with d = min(ema_decay, (1 + k)/(10 + k))
+    at step k, so that short runs are not dominated by the initial weights).
     """
-    from tqdm.auto import tqdm
-
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    x = load_data("train")[0]
-    ac = schedule().alphas_cumprod.float()
-    T = len(ac)
-
     net = UNet(**UNET_CONFIG)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: _lr_factor(k, steps, warmup))
-
-    start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc="digits", smoothing=0.05)
-    running = None
-    for k in bar:
-        x0 = x[torch.randint(0, len(x), (batch_size,), generator=g)]
-        t = torch.randint(0, T, (batch_size,), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        a = ac[t].view(-1, 1, 1, 1)
-        loss = (net(a.sqrt() * x0 + (1 - a).sqrt() * eps, t.float()) - eps).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_sched.step()
-        d = min(ema_decay, (1 + k) / (10 + k))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - d)
-        running = loss.item() if running is None else 0.99 * running + 0.01 * loss.item()
-        if k % 50 == 0:
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
-    ema.eval()
-    elapsed = time.perf_counter() - start
-
+    ema, meta = training.train_denoiser(
+        net, load_data("train")[0], schedule(), "epsilon", steps=steps, batch_size=batch_size, lr=lr,
+        warmup=warmup, weight_decay=weight_decay, ema_decay=ema_decay, seed=seed, progress=progress,
+        desc="digits",
+    )  # fmt: skip
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        ckpt = {
-            "config": UNET_CONFIG,
-            "state_dict": {k: v.float().contiguous() for k, v in ema.state_dict().items()},
-            "train": {
-                "steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup,
-                "weight_decay": weight_decay, "ema_decay": ema_decay, "seed": seed,
-                "seconds": round(elapsed, 1),
-            },
-        }  # fmt: skip
-        torch.save(ckpt, out)
-    if progress:
-        print(f"trained {steps} steps in {elapsed:.0f} s ({steps / elapsed:.2f} steps/s)")
+        training.save_checkpoint(out, UNET_CONFIG, ema, meta)
     return ema
 
 

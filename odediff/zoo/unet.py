@@ -1,7 +1,8 @@
-"""A compact UNet ε_θ(x_t, t) for small images (here 1×8×8 digits).
+"""A compact UNet ε_θ(x_t, t) for small images (1×8×8 digits, 1×16×16 photo patches).
 
-Resolution levels 8×8 → 4×4 → 2×2 with GroupNorm+SiLU residual blocks, skip connections
-between matching levels, and a sinusoidal embedding of the real (possibly fractional) timestep t.
+Resolution levels H → H/2 → H/4 (8×8 → 4×4 → 2×2 for the digits, 16×16 → 8×8 → 4×4 for the photo
+patches) with GroupNorm+SiLU residual blocks, skip connections between matching levels, and a
+sinusoidal embedding of the real (possibly fractional) timestep t.
 """
 
 from __future__ import annotations
