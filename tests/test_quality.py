@@ -1,11 +1,29 @@
-"""Fréchet distance against closed forms and an independent matrix square root; the digits classifier."""
+"""Fréchet distance against closed forms and an independent matrix square root; its bootstrap SE
+against the spread over independent sample sets; the digits classifier; the NFE-vs-quality study's
+rows (every peer at its counted NFE) and files."""
+
+import csv
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
-from odediff.bench.quality import digits_frechet, frechet_distance, frechet_from_stats, gaussian_stats
+from odediff.bench.quality import (
+    EXACT_LABEL,
+    FLOOR_LABEL,
+    FrechetReference,
+    default_methods,
+    digits_frechet,
+    feature_space,
+    frechet_distance,
+    frechet_from_stats,
+    gaussian_stats,
+    quality_models,
+    quality_study,
+)
+from odediff.bench.study import DEFAULT_LABEL, ODEDIFF_METHODS, PEERS, peer_steps
+from odediff.zoo import load
 from odediff.zoo.classifier import FEATURE_DIM, accuracy, features, load_classifier, train
 from odediff.zoo.digits import load_data
 
@@ -91,3 +109,89 @@ def test_training_is_deterministic():
     for (k, p), q in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
         assert torch.equal(p, q), k
     assert not torch.equal(nets[0].head.weight, load_classifier().head.weight)
+
+
+# --- bootstrap standard errors -------------------------------------------------------------
+
+
+def gaussian_sets(rng, count, n, d=6, shift=0.3, scale=1.3):
+    """``count`` independent sets of n rows from N(shift·1, scale²·I) in d dimensions."""
+    return shift + scale * rng.normal(size=(count, n, d))
+
+
+def test_bootstrap_replicates_are_the_distances_of_resampled_rows():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(500, 6))
+    ref = FrechetReference(rows)
+    x = gaussian_sets(rng, 1, 300)[0]
+    fd, reps = ref.bootstrap(x, resamples=8, seed=3, block=64)  # several blocks of rows
+    assert fd == pytest.approx(frechet_distance(x, rows), rel=1e-9)
+    assert ref.distance(x) == pytest.approx(fd, rel=1e-12)
+    idx = np.random.default_rng(3).integers(0, len(x), size=(8, len(x)))  # the documented index sets
+    direct = [frechet_distance(x[i], rows) for i in idx]
+    np.testing.assert_allclose(reps, direct, rtol=1e-9)
+
+
+def test_bootstrap_se_matches_the_spread_over_independent_sets_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    ref = FrechetReference(rng.normal(size=(4000, 6)))
+    se = {}
+    for n in (400, 1600):
+        sd = np.std([ref.distance(x) for x in gaussian_sets(rng, 150, n)], ddof=1)
+        se[n] = np.mean(
+            [ref.bootstrap(x, resamples=200, seed=0)[1].std(ddof=1) for x in gaussian_sets(rng, 8, n)]
+        )
+        assert se[n] > 0
+        assert 0.7 < se[n] / sd < 1.4, (n, se[n], sd)
+    assert 1.5 < se[400] / se[1600] < 2.7  # ≈ 2 = sqrt(1600/400)
+
+
+# --- the study ------------------------------------------------------------------------------
+
+
+def test_feature_spaces_by_name_and_shape():
+    assert feature_space("digits").name == "digits classifier"
+    assert feature_space("digits-seed1").name == "digits classifier"  # by name, without loading it
+    assert feature_space("gmm-digits").name == "digits classifier"  # by its sample shape (1, 8, 8)
+    with pytest.raises(ValueError, match="no feature space"):
+        feature_space("someone-elses", (3, 32, 32))
+    try:
+        space = feature_space("photos", (1, 16, 16))
+    except ValueError as e:  # odediff.zoo.patch_features is not in this odediff
+        assert "not installed" in str(e)
+    else:
+        assert space.name == "patch classifier"
+    assert {"digits", "gmm-digits"} <= set(quality_models())
+
+
+def test_default_methods_come_from_the_error_study():
+    methods = default_methods()
+    assert next(iter(methods)) == DEFAULT_LABEL and methods[DEFAULT_LABEL] == ODEDIFF_METHODS[DEFAULT_LABEL]
+    assert all(ODEDIFF_METHODS[k] == v for k, v in methods.items())
+    assert 2 <= len(methods) < len(ODEDIFF_METHODS)
+
+
+def test_study_rows_hold_every_peer_at_its_counted_nfe(tmp_path):
+    pytest.importorskip("diffusers")
+    nfes = (4, 6)
+    rows = quality_study(
+        str(tmp_path), model_name="gmm-digits", n=24, nfes=nfes, ipndm=("karras",), ddpm=False,
+        resamples=20, chunk=10, progress=False,
+    )  # fmt: skip
+    sched = load("gmm-digits").schedule
+    methods = {r["method"] for r in rows}
+    assert set(PEERS) | set(default_methods()) | {"iPNDM karras", FLOOR_LABEL, EXACT_LABEL} == methods
+    for r in rows:
+        assert r["fd"] > 0 and r["fd_se"] > 0 and len(r["fd_boot"]) == 20
+        if r["method"] in PEERS:
+            assert r["target"] in nfes and r["nfe"] == peer_steps(sched, PEERS[r["method"]], r["target"])[1]
+        elif r["family"] != "data":
+            assert r["nfe"] == r["target"] and r["n"] == 24
+    heun = {r["target"]: r["nfe"] for r in rows if r["method"] == "diffusers Heun"}
+    assert heun == {4: 3, 6: 5}  # 2·steps − 1 evaluations: never exactly an even NFE
+    md = (tmp_path / "nfe_vs_quality.md").read_text()
+    assert "± " in md and "| 6 | " in md and "beyond 2 SE" in md and "(5)" in md
+    with open(tmp_path / "nfe_vs_quality.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and "fd_boot" not in table[0] and "fd_se" in table[0]
+    assert (tmp_path / "nfe_vs_quality.png").stat().st_size > 10_000

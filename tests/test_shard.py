@@ -12,16 +12,27 @@ import torch
 from odediff import shard
 
 SCRIPT = """
+import importlib.util
 import sys
 import torch
 torch.set_num_threads(1)
-from odediff.bench.study import nfe_error_study
+from odediff import shard
+from odediff.bench.quality import quality_study
+from odediff.bench.study import PEERS, nfe_error_study
 from odediff.reference import Reference
+shard.init()
 nfe_error_study(
     "gmm-digits", sys.argv[1], noises=5, nfes=(4, 8), peers=False, progress=False, chunk=2, check=1,
     methods={"odediff adams": dict(solver="adams"), "odediff euler": dict(solver="euler")},
     reference=Reference(rtol=1e-6),
 )
+peers = {"diffusers Heun": PEERS["diffusers Heun"]} if importlib.util.find_spec("diffusers") else False
+quality_study(
+    sys.argv[1], model_name="gmm-digits", n=25, nfes=(4,), chunk=10, resamples=20, progress=False,
+    methods={"odediff adams": dict(solver="adams"), "DDIM η = 1": dict(solver="ddim", eta=1.0)},
+    ipndm=("karras",), peers=peers, ddpm=False,
+)
+shard.finish()
 """
 
 
@@ -57,7 +68,8 @@ def test_two_processes_write_what_one_writes(tmp_path):
     make 3 chunks, so the ranks hold 1 and 2 chunks and gather pads), the reference is solved per
     noise, every process runs one thread, and rank 0 reduces the gathered per-noise sums in noise
     order: so the files must agree bit for bit, not just to a tolerance. The per-noise CSV would
-    also catch a gather that returned the rows in another order."""
+    also catch a gather that returned the rows in another order. The quality study's chunks of
+    samples have their own seeds and rank 0 computes every distance, so its files agree too."""
     script = tmp_path / "study.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
@@ -78,10 +90,14 @@ def test_two_processes_write_what_one_writes(tmp_path):
             raise
         assert p.returncode == 0, err[-2000:]
 
-    for name in ("nfe_vs_error.csv", "nfe_vs_error_per_noise.csv", "nfe_vs_error.md"):
+    for name in ("nfe_vs_error.csv", "nfe_vs_error_per_noise.csv", "nfe_vs_error.md", "nfe_vs_quality.csv",
+                 "nfe_vs_quality.md"):  # fmt: skip
         a, b = (one / name).read_text(), (two / name).read_text()
         assert a == b, name
     lines = (one / "nfe_vs_error.csv").read_text().splitlines()
     assert len(lines) == 1 + 1 + 2 * 2  # header, reference, 2 methods × 2 NFE
     assert all(",5," in ln for ln in lines[1:])  # every row covers all 5 noises
     assert len((one / "nfe_vs_error_per_noise.csv").read_text().splitlines()) == 1 + 5 * 2 * 2
+    # the quality study: 3 chunks of 10, 10 and 5 samples; a stochastic row (DDIM η = 1) included
+    quality = (one / "nfe_vs_quality.csv").read_text()
+    assert all(s in quality for s in ("odediff adams", "DDIM η = 1", "iPNDM karras", "real train data"))
