@@ -32,7 +32,7 @@ TORCHDIFFEQ_FIXED = ("euler", "heun3", "midpoint", "rk4")  # one step per interv
 REVERSIBLE = ("bdia", "belm")
 GRID_NAMES = ("karras", "log_snr", "power_t", "quadratic_t", "uniform_t")
 DEFAULT_GRID = "quadratic_t"
-MODEL_NAMES = ("digits", "gmm-digits")
+MODEL_NAMES = ("digits", "digits-dit", "digits-seed1", "gmm-digits", "photos")
 
 SAMPLE_NFE = 10  # the default budgets of fixed-step solvers
 ENCODE_NFE = 50

@@ -1,7 +1,8 @@
 """Step grids tuned to a model: the σ grid that minimises a solver's error at a given NFE.
 
-The grid is σ_max > σ_1 > … > σ_{n−2} > σ_min > 0 with the interior points free. They are
-parametrised by the softmax of θ ∈ R^{n−1} as fractions of the log σ range,
+The grid is σ_max > σ_1 > … > σ_{n−1} = σ_last > 0 with every point but σ_max free, σ_last
+included (it need not be σ_min). They are parametrised by the softmax of θ ∈ R^n as fractions of
+the log σ range [log σ_min, log σ_max], the last fraction being the gap below σ_last,
 
     log σ_j = log σ_max − (log σ_max − log σ_min) · Σ_{i<j} softmax(θ)_i,
 
@@ -71,10 +72,12 @@ class TunedGrid:
 
 
 def _grid(theta: np.ndarray, log_max: float, log_min: float) -> list[float]:
+    """n weights: the first n − 1 are the log-σ steps between the positive points, the last the
+    gap from σ_last down to σ_min, so σ_last is free in (σ_min, σ_max)."""
     w = np.exp(theta - theta.max())
     frac = np.cumsum(w / w.sum())[:-1]
-    inner = np.exp(log_max - (log_max - log_min) * frac)
-    return [math.exp(log_max), *inner.tolist(), math.exp(log_min), 0.0]
+    points = np.exp(log_max - (log_max - log_min) * frac)
+    return [math.exp(log_max), *points.tolist(), 0.0]
 
 
 def _noises(model: Model, noises: int | Tensor, generator: torch.Generator, name: str) -> Tensor:
@@ -153,16 +156,16 @@ def tune_grid(
 
     base = make_grid(sched, n)
     default_error = error(base, s, train, truth)
-    logs = np.log(base[:-1].numpy())
-    theta0 = np.log(-np.diff(logs))  # softmax(theta0) reproduces the default grid
+    logs = np.append(np.log(base[:-1].numpy()), log_min)
+    theta0 = np.log(np.maximum(-np.diff(logs), 1e-12))  # softmax(theta0) reproduces the default grid
     # β for the intervals that can have history: not the first, not the one into σ = 0
     n_beta = n - 2 if tune_weights else 0
 
     def split(theta: np.ndarray):
-        sigmas = _grid(theta[: n - 1], log_max, log_min)
+        sigmas = _grid(theta[:n], log_max, log_min)
         if not n_beta:
             return sigmas, s
-        return sigmas, replace(s, blend=(1.0, *theta[n - 1 :].tolist(), 1.0))
+        return sigmas, replace(s, blend=(1.0, *theta[n:].tolist(), 1.0))
 
     theta0 = np.concatenate([theta0, np.ones(n_beta)])
 

@@ -16,7 +16,7 @@ def noises(n, seed):
 def tuned():
     model = gmm_digits()
     grid = odediff.tune_grid(
-        model, nfe=8, noises=noises(16, 1), holdout=noises(16, 2), evaluations=200, progress=False,
+        model, nfe=8, noises=noises(32, 1), holdout=noises(32, 2), evaluations=200, progress=False,
         model_name="gmm-digits", robust=True,
     )  # fmt: skip
     return model, grid
@@ -33,7 +33,7 @@ def test_the_grid_is_valid_and_sample_accepts_it(tuned):
     model, g = tuned
     s = torch.tensor(g.sigmas, dtype=torch.float64)
     assert (
-        s[0] == pytest.approx(model.schedule.sigma_max) and s[-2] == model.schedule.sigma_min and s[-1] == 0
+        s[0] == pytest.approx(model.schedule.sigma_max) and s[-2] > model.schedule.sigma_min and s[-1] == 0
     )
     assert (s[1:] < s[:-1]).all()
     x, info = odediff.sample(model, noises(4, 3), return_info=True, **g.kwargs())
@@ -54,7 +54,7 @@ def test_saved_grid_loads_back_to_the_same_samples_bit_for_bit(tuned, tmp_path):
 
 def test_holdout_error_is_measured_against_its_own_reference(tuned):
     model, g = tuned
-    held = noises(16, 2)
+    held = noises(32, 2)
     truth, _ = reference_solve(model, held)
     x = odediff.sample(model, held, **g.kwargs())
     per_noise = (x - truth).square().flatten(1).mean(1).sqrt()
