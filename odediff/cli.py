@@ -46,7 +46,9 @@ DEMO_METHODS = {
     "euler (= DDIM)": dict(solver="euler"),
     "heun": dict(solver="heun"),
     "adams (default)": dict(solver="adams"),
-    "adams, exact σ-weights": dict(solver="adams", weights="exact"),
+    "adams on ε in σ, fixed weights": dict(
+        solver="adams", variable="sigma", predict="eps", corrector=False, weights="fixed"
+    ),
 }
 DEMO_SAMPLES = 64  # digits sampled from the network
 DEMO_NOISES = 32  # noises of the Gaussian-mixture NFE sweep

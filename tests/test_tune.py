@@ -32,9 +32,7 @@ def test_tuning_lowers_the_training_error_and_generalises(tuned):
 def test_the_grid_is_valid_and_sample_accepts_it(tuned):
     model, g = tuned
     s = torch.tensor(g.sigmas, dtype=torch.float64)
-    assert (
-        s[0] == pytest.approx(model.schedule.sigma_max) and s[-2] > model.schedule.sigma_min and s[-1] == 0
-    )
+    assert s[0] == pytest.approx(model.schedule.sigma_max) and s[-2] > model.schedule.sigma_min and s[-1] == 0
     assert (s[1:] < s[:-1]).all()
     x, info = odediff.sample(model, noises(4, 3), return_info=True, **g.kwargs())
     assert info.nfe == 8 and torch.isfinite(x).all()

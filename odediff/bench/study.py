@@ -54,12 +54,16 @@ DEFAULT_LABEL = "odediff adams (default)"
 ODEDIFF_METHODS: dict[str, dict[str, Any]] = {
     DEFAULT_LABEL: dict(solver="adams"),
     **{
-        f"odediff adams {k} fixed, {g}": dict(solver="adams", order=k, weights="fixed", grid=g)
+        f"odediff adams {k} fixed, {g}": dict(
+            solver="adams", order=k, weights="fixed", grid=g, variable="sigma", predict="eps", corrector=False
+        )
         for g in ("quadratic_t", "karras", "log_snr", "uniform_t")
         for k in (2, 3, 4)
     },
     **{
-        f"odediff adams {k} exact log σ": dict(solver="adams", order=k, variable="log_sigma", weights="exact")
+        f"odediff adams {k} exact log σ": dict(
+            solver="adams", order=k, variable="log_sigma", weights="exact", predict="eps", corrector=False
+        )
         for k in (2, 3)
     },
     "odediff euler": dict(solver="euler"),
