@@ -20,7 +20,6 @@ same recipe and steps with seed 1: seed-to-seed noise) with
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -185,24 +184,13 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m odediff.zoo.digits",
-        description="Train the digits ε-prediction UNet on the CPU and save its EMA weights.",
+    net, args = training.train_from_command_line(
+        "python -m odediff.zoo.digits",
+        "Train the digits ε-prediction UNet on the CPU and save its EMA weights.",
+        train,
+        argv,
+        steps=4000,
     )
-    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (default: 4000)")
-    p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint (.pt)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    # one thread: on a shared 2-core machine two OpenMP threads competing with other jobs ran
-    # 1-10x slower than one; unloaded, two are only ~1.6x faster
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    net = train(
-        args.steps, batch_size=args.batch_size, lr=args.lr, out=args.out, seed=args.seed,
-        threads=args.threads, progress=not args.no_progress,
-    )  # fmt: skip
     print(f"saved {args.out}; held-out ε-MSE {denoising_loss(net):.4f}")
 
 

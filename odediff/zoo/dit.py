@@ -31,7 +31,6 @@ geometric in σ (``karras``, ``log_snr``) Heun is fine. Reproduce the embedded w
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -189,22 +188,13 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m odediff.zoo.dit",
-        description="Train the digits v-prediction DiT (cosine schedule) on the CPU; save its EMA weights.",
+    net, args = training.train_from_command_line(
+        "python -m odediff.zoo.dit",
+        "Train the digits v-prediction DiT (cosine schedule) on the CPU; save its EMA weights.",
+        train,
+        argv,
+        steps=8000,
     )
-    p.add_argument("--steps", type=int, default=8000, help="optimizer steps (default: 8000)")
-    p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint (.pt)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    net = train(
-        args.steps, batch_size=args.batch_size, lr=args.lr, out=args.out, seed=args.seed,
-        threads=args.threads, progress=not args.no_progress,
-    )  # fmt: skip
     model = EpsModel(net, schedule(), prediction=PREDICTION)
     test = load_data("test")[0]
     print(f"saved {args.out}; held-out ε-MSE {training.eps_mse(model, test):.4f}")

@@ -20,6 +20,7 @@ and the held-out ε-MSE (:func:`eps_mse`) of a network is set against the best *
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import time
@@ -241,3 +242,23 @@ def save_checkpoint(out: str | Path, config: dict[str, Any], net: nn.Module, tra
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.float().contiguous() for k, v in net.state_dict().items()}
     torch.save({"config": config, "state_dict": state, "train": train}, out)
+
+
+def train_from_command_line(prog: str, description: str, train: Callable[..., nn.Module], argv, steps: int):
+    """The training scripts' shared command line: parse it, train, return (EMA network, args)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default: {steps})")
+    p.add_argument("--out", type=Path, required=True, help="where to save the checkpoint (.pt)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    # one thread: on a shared 2-core machine two OpenMP threads competing with other jobs ran
+    # 1-10x slower than one; unloaded, two are only ~1.6x faster
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    net = train(
+        a.steps, batch_size=a.batch_size, lr=a.lr, out=a.out, seed=a.seed, threads=a.threads,
+        progress=not a.no_progress,
+    )  # fmt: skip
+    return net, a
