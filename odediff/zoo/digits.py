@@ -88,14 +88,8 @@ def load_digits_model(path: str | Path | None = None, name: str = "digits") -> E
     The network is in eval mode with gradients off; ``model.sample_shape == (1, 8, 8)`` and
     ``model.name == name``. ``path`` defaults to the embedded weights.
     """
-    ckpt = torch.load(WEIGHTS if path is None else path, map_location="cpu", weights_only=True)
-    net = UNet(**ckpt["config"])
-    net.load_state_dict(ckpt["state_dict"])
-    net.eval().requires_grad_(False)
-    model = EpsModel(net, schedule(), prediction="epsilon")
-    model.sample_shape = SAMPLE_SHAPE
-    model.name = name
-    return model
+    path = WEIGHTS if path is None else path
+    return training.load_model(path, UNet, schedule(), "epsilon", SAMPLE_SHAPE, name)
 
 
 # --- evaluation -------------------------------------------------------------------------------

@@ -262,3 +262,17 @@ def train_from_command_line(prog: str, description: str, train: Callable[..., nn
         progress=not a.no_progress,
     )  # fmt: skip
     return net, a
+
+
+def load_model(
+    path, net_class, schedule: DiscreteSchedule, prediction: str, sample_shape, name: str
+) -> EpsModel:
+    """A zoo checkpoint (config + EMA state_dict) as an :class:`~odediff.EpsModel` with
+    ``sample_shape`` and ``name``; the network in eval mode with gradients off."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    net = net_class(**ckpt["config"])
+    net.load_state_dict(ckpt["state_dict"])
+    net.eval().requires_grad_(False)
+    model = EpsModel(net, schedule, prediction=prediction)
+    model.sample_shape, model.name = sample_shape, name
+    return model
