@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .fingerprint import fingerprint
 from .grids import Grid, plan
 from .integrate import Info, Step, integrate
 from .latent import Latent
@@ -88,11 +89,11 @@ def _check_input(model: Model, x: Any, name: str) -> Tensor:
     return x
 
 
-def _solve(model: Model, x: Tensor | Latent, name: str, reverse: bool, a: _Args):
+def _solve(model: Model, x: Tensor | Latent, name: str, reverse: bool, a: _Args, other_model: bool = False):
     model = _check_model(model)
     carry = None
     if isinstance(x, Latent):
-        s, grid_s = _latent_plan(model, x, name, a)
+        s, grid_s = _latent_plan(model, x, name, a, other_model)
         x, carry, dtype, nfe = x.xT, x.carry, x.dtype, None  # from a latent the first step costs nothing
     else:
         x = _check_input(model, x, name)
@@ -109,12 +110,18 @@ def _solve(model: Model, x: Tensor | Latent, name: str, reverse: bool, a: _Args)
     )  # fmt: skip
     if reverse and s.reversible:
         xT = info.carry[0] / math.sqrt(1 + float(grid_s[-1]) ** 2)
-        out = Latent(xT, info.carry[1], s, info.nfe, grid_s.flip(0), out.dtype)
+        out = Latent(xT, info.carry[1], s, info.nfe, grid_s.flip(0), out.dtype, fingerprint(model))
     return (out, info) if a.return_info else out
 
 
-def _latent_plan(model: Model, z: Latent, name: str, a: _Args) -> tuple[Solver, Tensor]:
+def _latent_plan(model: Model, z: Latent, name: str, a: _Args, other_model: bool) -> tuple[Solver, Tensor]:
     """The latent's own solver and grid, after checking that what the caller asked agrees."""
+    if not other_model and fingerprint(model) != z.model:
+        raise ValueError(
+            f"{name}: this latent was encoded by another model (or the same one with other weights, "
+            "schedule, conditioning or guidance), so decoding it here is not its inverse; pass "
+            "allow_other_model=True to decode it anyway (e.g. to edit with a changed prompt)"
+        )
     asked = (
         z.solver if a.solver is None and not a.options else get_solver(a.solver or z.solver.name, **a.options)
     )
@@ -157,13 +164,20 @@ def sample(
     return _solve(model, noise, "noise", False, _args(kwargs))
 
 
-def decode(model: Model, xT: Tensor | Latent, **kwargs: Any) -> Tensor | tuple[Tensor, Info]:
+def decode(
+    model: Model, xT: Tensor | Latent, *, allow_other_model: bool = False, **kwargs: Any
+) -> Tensor | tuple[Tensor, Info]:
     """Latent x_T → image x_0: :func:`sample` from ``xT`` (solver ``"adams"`` unless given).
 
     A :class:`Latent` (what ``encode`` returns for a reversible solver) decodes with its own
-    solver, budget and grid; any of them given must agree with the latent's.
+    solver, budget and grid; any of them given must agree with the latent's. It also records a
+    fingerprint of the model that encoded it (:mod:`odediff.fingerprint`): another model, or the
+    same network with other weights, conditioning or guidance weight, is refused unless
+    ``allow_other_model=True`` (then the result is an edit, not the inverse).
     """
-    return _solve(model, xT, "xT", False, _args(kwargs))
+    if not isinstance(allow_other_model, bool):
+        raise TypeError(f"allow_other_model: expected True or False, got {allow_other_model!r}")
+    return _solve(model, xT, "xT", False, _args(kwargs), allow_other_model)
 
 
 def encode(model: Model, x0: Tensor, **kwargs: Any) -> Tensor | Latent | tuple[Tensor | Latent, Info]:

@@ -30,6 +30,7 @@ class Latent:
     nfe: int
     sigmas: Tensor  # the decreasing grid the latent was encoded on, float64
     dtype: torch.dtype  # the image's dtype
+    model: str  # odediff.fingerprint.fingerprint of the model that encoded it
 
     @property
     def x(self) -> Tensor:
@@ -49,19 +50,19 @@ class Latent:
         return {
             "xT": self.xT, "carry": self.carry, "solver": self.solver.name,
             "options": _options(self.solver), "nfe": self.nfe, "sigmas": self.sigmas,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": str(self.dtype).removeprefix("torch."), "model": self.model,
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Latent:
-        missing = {"xT", "carry", "solver", "options", "nfe", "sigmas", "dtype"} - set(d)
+        missing = {"xT", "carry", "solver", "options", "nfe", "sigmas", "dtype", "model"} - set(d)
         if missing:
             raise ValueError(f"latent: not an odediff latent, missing {sorted(missing)}")
         dtype = getattr(torch, d["dtype"], None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"latent: unknown dtype {d['dtype']!r}")
         solver = get_solver(d["solver"], **d["options"])
-        return cls(d["xT"], d["carry"], solver, int(d["nfe"]), d["sigmas"], dtype)
+        return cls(d["xT"], d["carry"], solver, int(d["nfe"]), d["sigmas"], dtype, str(d["model"]))
 
 
 def _options(solver: Solver) -> dict[str, Any]:

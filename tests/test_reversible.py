@@ -141,6 +141,85 @@ def test_latent_saves_and_loads(tmp_path):
         Latent.from_dict({"xT": z.xT})
 
 
+def _kinds():
+    """(name, model, dtype): every kind of network a user brings."""
+    from odediff.zoo import load
+
+    unet = TinyNet().eval()
+    torch.manual_seed(0)
+    sched = odediff.DiscreteSchedule.linear()
+    yield "parameters float32", odediff.EpsModel(unet, sched), torch.float32
+    yield "parameters float64", odediff.EpsModel(TinyNet().double().eval(), sched), torch.float64
+    yield "lambda around a network", odediff.EpsModel(lambda x, t: unet(x, t), sched), torch.float32
+    yield "parameter-free float32 (gmm-digits)", load("gmm-digits"), torch.float32
+    yield "parameter-free float64 (gmm-digits)", load("gmm-digits"), torch.float64
+    w = torch.linspace(-0.5, 0.5, 64).reshape(1, 1, 8, 8)
+    yield (
+        "parameter-free float16",
+        odediff.EpsModel(lambda x, t: x + w.to(x) * torch.tanh(x), sched),
+        (torch.float16),
+    )
+
+
+@pytest.mark.parametrize("solver", REVERSIBLE)
+def test_round_trip_is_exact_for_every_kind_of_network(solver):
+    """Encode and decode evaluate the network in the same dtype, so the round trip is exact in
+    float32/float64 and, in half precision, within the half round-off of the input."""
+    for kind, model, dtype in _kinds():
+        x0 = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(9)) * 2 - 1).to(dtype)
+        with torch.no_grad():
+            back = odediff.decode(model, odediff.encode(model, x0, solver=solver, nfe=10))
+        assert back.dtype == dtype, kind
+        err = (back.double() - x0.double()).abs().max().item()
+        tol = TOL.get(dtype, torch.finfo(torch.float16).eps * x0.abs().max().item())
+        assert err <= tol, (kind, err)
+
+
+def test_decoding_with_another_model_is_refused_unless_allowed(tmp_path):
+    from odediff.fingerprint import fingerprint
+
+    model, other = random_model(seed=0), random_model(seed=1)
+    x0 = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    z = odediff.encode(model, x0, solver="belm", nfe=6)
+    for wrong in (other, odediff.EpsModel(model.net, odediff.DiscreteSchedule.cosine())):
+        with pytest.raises(
+            ValueError, match="xT: this latent was encoded by another model.*allow_other_model=True"
+        ):
+            odediff.decode(wrong, z)
+    edited = odediff.decode(other, z, allow_other_model=True)
+    assert edited.shape == x0.shape and not torch.allclose(edited, x0, atol=1e-3)
+    # the same weights in a new object, or after a save and load of the latent, are the same model
+    twin = random_model(seed=0)
+    assert fingerprint(twin) == fingerprint(model) != fingerprint(other)
+    torch.save(z.to_dict(), tmp_path / "z.pt")
+    z2 = Latent.from_dict(torch.load(tmp_path / "z.pt", weights_only=True))
+    assert (odediff.decode(twin, z2) - x0).abs().max().item() <= 1e-5
+    # guidance weight and conditioning are part of the model
+    with pytest.raises(TypeError, match="allow_other_model: expected True or False"):
+        odediff.decode(model, z, allow_other_model="yes")
+
+
+def test_fingerprint_sees_weights_closures_and_guidance():
+    from odediff.fingerprint import fingerprint
+
+    sched = odediff.DiscreteSchedule.linear()
+    net = TinyNet().eval()
+    a = odediff.EpsModel(lambda x, t: net(x, t), sched)
+    before = fingerprint(a)
+    with torch.no_grad():
+        net.out.bias.add_(1e-3)  # a lambda's closure holds the network: its weights count
+    assert fingerprint(a) != before
+    assert fingerprint(odediff.EpsModel(lambda x, t: 2 * x, sched)) != fingerprint(
+        odediff.EpsModel(lambda x, t: 3 * x, sched)
+    )
+    cond = {"c": torch.ones(1, 3)}
+    uncond = {"c": torch.zeros(1, 3)}
+    m = odediff.EpsModel(lambda x, t, c: x, sched)
+    g1, g2 = (odediff.Guided(m, cond=cond, uncond=uncond, w=w) for w in (1.0, 2.0))
+    g3 = odediff.Guided(m, cond={"c": 2 * torch.ones(1, 3)}, uncond=uncond, w=1.0)
+    assert len({fingerprint(g1), fingerprint(g2), fingerprint(g3)}) == 3
+
+
 def test_decoding_x_alone_starts_afresh():
     """latent.x is a plain tensor: decoding it samples from x_T (not exact, but close)."""
     model = random_model()
