@@ -97,6 +97,37 @@ def test_the_step_into_zero_is_one_evaluation_at_its_start(gauss):
     assert info.visited[0] == 0.0 and info.nfe == 3
 
 
+def test_adams_last_evaluation_corrects_as_an_interior_step_would(gauss):
+    """The final step of ``adams`` is x̂_0 = x̄_c − σ_k·ε_k with x̄_c the corrected state at σ_k.
+    An interior step to σ_k(1 + δ) starts from that same x̄_c: in x̂_0 form it returns
+    (1 + δ)·x̄_c − δ·x̂_0,k + O(δ²), so x̄_c is recovered from it to O(δ²)."""
+    x = noise64(3, 8)
+    grid = grids.quadratic_t(gauss.schedule, 6)
+    sk, delta = float(grid[-2]), -1e-7
+    seen = []
+
+    class Recorded:
+        schedule = gauss.schedule
+
+        def eps(self, x_, s):
+            seen.append((s, x_))
+            return gauss.eps(x_, s)
+
+        def parameters_like(self):
+            return None
+
+    final = odediff.sample(Recorded(), x, solver="adams", sigmas=grid)
+    s_last, x_pred = seen[-1]
+    assert s_last == sk
+    eps_k = gauss.eps(x_pred, sk)
+    step = odediff.sample(gauss, x, solver="adams", sigmas=[*grid[:-1].tolist(), sk * (1 + delta)])
+    d_k = x_pred - sk * eps_k
+    xbar_c = (step * math.sqrt(1 + (sk * (1 + delta)) ** 2) + delta * d_k) / (1 + delta)
+    expect = xbar_c - sk * eps_k
+    assert (final - expect).abs().max().item() < 1e-9
+    assert (final - d_k).abs().max().item() > 1e-4  # the correction is not a no-op here
+
+
 def test_nan_is_reported_at_the_evaluation_that_made_it(gauss):
     calls = []
 

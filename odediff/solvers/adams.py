@@ -154,24 +154,36 @@ class Adams(Solver):
         """x̄ is the predicted state. With the corrector (PEC, as UniPC's UniC does) the one
         evaluation at the predicted point also corrects it by Adams–Moulton before the next
         prediction: x̄_i ← x̄_{i−1} + Σ_j c_ij ε_{i−j}; the ε history keeps the evaluations."""
-        keep, ab = self.order, max(1, self.order - self.corrector)
         eps = yield xbar, s0
-        if self.predict == "x0":
-            eps = xbar - s0 * eps  # the history holds x̂_0 = x̄ − σε instead
-        sig, hist = (s0, *state.sigmas)[:keep], (eps, *state.eps)[:keep]
+        xbar, sig, hist = self._correct(s0, xbar, eps, state)
+        start = self._scaled(xbar, s0, s1)
+        out = _accumulate(start, self._weights(sig[: self._ab], s0, s1, state.index, False), hist)
+        return out, AdamsState(sig, hist, state.index + 1, xbar if self.corrector else None)
+
+    @property
+    def _ab(self) -> int:  # the predictor's order
+        return max(1, self.order - self.corrector)
+
+    def _correct(self, s0: float, xbar: Tensor, eps: Tensor, state: AdamsState):
+        """(x̄ at s0 corrected with the new ε, the σ history, the ε or x̂_0 history)."""
+        value = xbar.add(eps, alpha=-s0) if self.predict == "x0" else eps  # x̂_0 = x̄ − σε
+        sig, hist = (s0, *state.sigmas)[: self.order], (value, *state.eps)[: self.order]
         if self.corrector and len(sig) > 1:
             start = self._scaled(state.corrected, sig[1], s0)
             xbar = _accumulate(start, self._weights(sig, sig[1], s0, state.index, True), hist)
-        start = self._scaled(xbar, s0, s1)
-        out = _accumulate(start, self._weights(sig[:ab], s0, s1, state.index, False), hist)
-        return out, AdamsState(sig, hist, state.index + 1, xbar if self.corrector else None)
+        return xbar, sig, hist
 
     def _scaled(self, xbar: Tensor, lo: float, hi: float) -> Tensor:
         """With ``predict="x0"`` x̄/σ is what is integrated: x̄ enters the step as (σ_hi/σ_lo)·x̄."""
         return xbar if self.predict == "eps" else xbar * (hi / lo)
 
     def to_zero(self, s0, s1, xbar, eps, state: AdamsState):
-        # ε at σ = 0 (evaluated at σ_min) joins no polynomial: the history restarts after it
+        """The last evaluation corrects x̄ at σ_k, as in every step; the final step is then
+        Euler with the same ε, x̂_0 = x̄_corrected − σ_k·ε. (Euler in x̂_0 would return the
+        network's x̂_0 at the predicted point and so drop the correction.) ε at σ = 0 joins
+        no polynomial: the history restarts after it."""
+        if s0 != 0.0:
+            xbar = self._correct(s0, xbar, eps, state)[0]
         return xbar.add(eps, alpha=s1 - s0), AdamsState(index=state.index + 1)
 
 
