@@ -111,7 +111,7 @@ def test_euler_reproduces_ddim_in_its_pipelines(unet, prediction, beta_schedule)
 def test_pipeline_spends_exactly_nfe_and_equals_sample(unet64, solver, nfe):
     ddpm = diffusers.DDPMScheduler()
     pipe = diffusers.DDPMPipeline(unet64, ddpm)
-    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver=solver)
+    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver=solver, grid="quadratic_t")
     model = odediff.from_diffusers(unet64, diffusers.DDPMScheduler())
     with counted(unet64) as calls:
         ours = run(pipe, nfe)
@@ -130,7 +130,9 @@ def test_pipeline_spends_exactly_nfe_and_equals_sample(unet64, solver, nfe):
 def test_stochastic_ddim_draws_from_the_pipeline_generator(unet):
     ddpm = diffusers.DDPMScheduler()
     pipe = diffusers.DDPMPipeline(unet, ddpm)
-    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver="ddim", solver_options={"eta": 1.0})
+    pipe.scheduler = ODEScheduler.from_config(
+        ddpm.config, solver="ddim", solver_options={"eta": 1.0}, grid="quadratic_t"
+    )
     model = odediff.from_diffusers(unet, ddpm)
     g = torch.Generator().manual_seed(3)
     with counted(unet) as calls:
@@ -200,30 +202,45 @@ def test_a_sample_changed_by_the_pipeline_is_taken(unet):
     assert (inpainted - plain).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("grid", [None, "quadratic_t", "karras"])
+@pytest.mark.parametrize("solver", ["adams", "heun", "belm", "ddim"])
 @torch.no_grad()
-def test_begin_index_starts_the_solver_afresh(unet):
+def test_begin_index_starts_where_ddim_starts_from_any_entry(unet, solver, grid):
+    """Every begin_index k (Heun's second evaluations too) starts at DDIM's k-th timestep for
+    the same num_inference_steps, spends the n − k evaluations left, and is the solve
+    odediff.sample makes from there on the grid it reports."""
     ddpm = diffusers.DDPMScheduler()
     model = odediff.from_diffusers(unet, ddpm)
-    s = ODEScheduler.from_config(ddpm.config, solver="adams")
-    s.set_timesteps(8)
-    s.set_begin_index(3)
+    s = ODEScheduler.from_config(ddpm.config, solver=solver, grid=grid)
+    ddim = diffusers.DDIMScheduler.from_config(ddpm.config)
+    n = 8
+    ddim.set_timesteps(n)
     x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    x = s.add_noise(x0, noise(), s.timesteps[3:4])
-    sigma = float(s.evaluation_sigmas[3])
-    assert torch.allclose(x, (x0 + sigma * noise()) / math.sqrt(1 + sigma**2), atol=1e-6)
-    with counted(unet) as calls:
-        ours = x
-        for t in s.timesteps[3:]:
-            ours = s.step(unet(ours, t).sample, t, ours).prev_sample
-        assert len(calls) == 5
-        ref = odediff.sample(model, x, solver="adams", sigmas=s.grid_sigmas[3:])
-    assert (ours - ref).abs().max().item() <= 1e-5
-
-    heun = ODEScheduler(solver="heun")
-    heun.set_timesteps(7)
-    heun.set_begin_index(1)  # Heun's second evaluation of its first step
-    with pytest.raises(ValueError, match=r"begin_index: timesteps\[1\] is the second evaluation"):
-        heun.step(torch.zeros(SHAPE), heun.timesteps[1], torch.zeros(SHAPE))
+    for k in range(1, n):
+        s.set_timesteps(n)
+        if k == n - 1 and solver == "belm":  # a two-step method needs two evaluations
+            with pytest.raises(
+                ValueError, match="begin_index: 7 leaves 1 of the 8 evaluations; .*belm needs"
+            ):
+                s.set_begin_index(k)
+            continue
+        view = s.timesteps[k:]  # what a pipeline holds
+        s.set_begin_index(k)
+        assert int(view[0]) == int(ddim.timesteps[k])
+        assert torch.equal(view, s.timesteps[k:]) and len(view) == n - k
+        x = s.add_noise(x0, noise(), view[:1])
+        sigma = float(s.evaluation_sigmas[k])
+        assert sigma == pytest.approx(float(s.schedule.sigma_of_t(ddim.timesteps[k])), rel=1e-12)
+        assert torch.allclose(x, (x0 + sigma * noise()) / math.sqrt(1 + sigma**2), atol=1e-6)
+        with counted(unet) as calls:
+            ours = x
+            for t in view:
+                ours = s.step(unet(ours, t).sample, t, ours).prev_sample
+            assert len(calls) == n - k
+            g = s.grid_sigmas
+            assert float(g[0]) == sigma and float(g[-1]) == 0.0
+            ref = odediff.sample(model, x, solver=solver, sigmas=g, nfe=n - k)
+        assert (ours - ref).abs().max().item() <= 1e-5, k
 
 
 @torch.no_grad()
@@ -296,9 +313,11 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="set_timesteps: call"):
         s.step(x, 999, x)
     s.set_timesteps(4)
-    with pytest.raises(ValueError, match="timestep: 500.0 is not a timestep where a euler step starts"):
-        s.step(x, 500, x)
-    with pytest.raises(ValueError, match="eta: 0.5 given to step"):
+    with pytest.raises(ValueError, match="timestep: 400.0 is not a timestep where a euler step starts"):
+        s.step(x, 400, x)
+    with pytest.raises(
+        ValueError, match="eta: 0.5 given, but η is the ddim solver's and this scheduler's solver is euler"
+    ):
         s.step(x, s.timesteps[0], x, eta=0.5)
     with pytest.raises(ValueError, match=r"model_output: shape \(2, 6, 8, 8\) differs"):
         s.step(torch.zeros(2, 6, 8, 8), s.timesteps[0], x)
