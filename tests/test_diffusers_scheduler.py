@@ -277,6 +277,60 @@ def test_save_and_load_round_trip(unet, tmp_path):
     assert public(again.scheduler.config) == public(loaded.config)
 
 
+# the attributes pipelines and editing methods read ------------------------------------------------
+
+
+def test_public_attributes_are_the_stock_schedulers():
+    cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading",
+               steps_offset=1)  # fmt: skip
+    ddim, ddpm = diffusers.DDIMScheduler(**cfg), diffusers.DDPMScheduler(**cfg)
+    euler = diffusers.EulerDiscreteScheduler(**cfg)
+    s = ODEScheduler.from_config(euler, solver="euler")
+    assert s.config.source == "EulerDiscreteScheduler"
+    for name in ("betas", "alphas", "alphas_cumprod"):
+        assert torch.equal(getattr(s, name), getattr(ddim, name)), name
+    assert float(s.final_alpha_cumprod) == 1.0  # every solve ends at σ = 0
+    assert s.timesteps.dtype == torch.int64 and torch.equal(s.timesteps, ddim.timesteps)  # training ones
+    assert torch.allclose(s.sigmas, euler.sigmas, rtol=1e-6) and s.sigmas.dtype == torch.float32
+    s.set_timesteps(10)
+    euler.set_timesteps(10)
+    assert s.timesteps.dtype == torch.int64 and torch.equal(s.timesteps, euler.timesteps.long())
+    assert torch.allclose(s.sigmas, euler.sigmas, rtol=1e-6)  # σ of each evaluation, then 0
+    heun = ODEScheduler.from_config(ddim, solver="heun", grid="log_snr")
+    heun.set_timesteps(7)
+    assert heun.timesteps.dtype == torch.float32  # fractional t(σ)
+    assert heun.sigmas[:-1].tolist() == pytest.approx(heun.evaluation_sigmas.tolist(), rel=1e-6)
+    x0, eps = noise(1), noise(2)
+    t = torch.tensor([10, 500])
+    assert torch.allclose(s.get_velocity(x0, eps, t), ddpm.get_velocity(x0, eps, t), atol=1e-6)
+    assert torch.allclose(s.add_noise(x0, eps, t), ddpm.add_noise(x0, eps, t), atol=1e-6)
+    names = {c.__name__ for c in s.compatibles}
+    assert {"DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"} <= names
+    with pytest.raises(ValueError, match="timesteps: empty; with img2img, strength is too small"):
+        s.add_noise(x0, eps, torch.tensor([], dtype=torch.int64))
+    with pytest.raises(ValueError, match="source: expected the name of a diffusers scheduler class"):
+        ODEScheduler(source="NoSuchScheduler")
+
+
+@torch.no_grad()
+def test_custom_sigmas_follow_euler_convention():
+    """n σ values are n − 1 steps, ending at the last one: the same evaluations and result as
+    EulerDiscreteScheduler (whose sample is x̄ = x·sqrt(1+σ²), VE-scaled)."""
+    sigmas = [14.0, 5.0, 1.0, 0.1]
+    euler, ours = diffusers.EulerDiscreteScheduler(), ODEScheduler(solver="euler")
+    euler.set_timesteps(sigmas=sigmas)
+    ours.set_timesteps(sigmas=sigmas)
+    assert len(ours.timesteps) == len(euler.timesteps) == 3
+    assert ours.timesteps.tolist() == pytest.approx(euler.timesteps.tolist(), abs=1e-3)
+    net = lambda x, t: 0.5 * x + 0.01 * t
+    x, xe = noise(), noise() * math.sqrt(1 + 14.0**2)
+    for t_ours, t_euler in zip(ours.timesteps, euler.timesteps):
+        x = ours.step(net(x, t_ours), t_ours, x).prev_sample
+        xe = euler.step(net(euler.scale_model_input(xe, t_euler), t_euler), t_euler, xe).prev_sample
+    err = (x * math.sqrt(1 + 0.1**2) - xe).abs().max().item()
+    assert err <= 1e-6 * xe.abs().max().item(), err  # float32 round-off of |x̄| ~ 10
+
+
 # bad input ---------------------------------------------------------------------------------------
 
 
