@@ -13,12 +13,20 @@ evaluation, planned before the loop by a dry run of the same steps on the grid, 
 ε comes from :func:`~odediff.models.to_eps`, so a pipeline and :func:`odediff.sample` on the same
 model, noise and grid compute the same thing.
 
+Pipelines decide a few things from the timesteps alone: img2img's ``strength`` picks an entry k
+(``set_begin_index``), SDXL's ``denoising_end``/``denoising_start`` count entries above or below a
+cutoff. So the default grid is the replaced scheduler's own timesteps, and ``set_begin_index``
+re-plans the rest of the solve from the timestep that scheduler would start at (``ODEScheduler``,
+"Strength"). With a reversible solver the pipeline call itself encodes an image and decodes it
+back exactly (:meth:`ODEScheduler.invert_next`, :meth:`ODEScheduler.decode_next`).
+
 Needs diffusers (``pip install 'odediff[diffusers]'``); ``import odediff`` does not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -194,6 +202,8 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             (default 2**-24, diffusers' choice).
         source: the name of the diffusers scheduler class whose timesteps (and so strength) to
             follow (default ``"DDIMScheduler"``).
+        source_options: the rest of the source's config (e.g. PNDM's ``skip_prk_steps``), which
+            ``from_config`` keeps so that the source's timesteps are its own.
 
     ``order`` is 1 for every solver: pipelines read it as timestep entries per
     ``num_inference_steps`` (warm-up, progress bars, img2img's index t_start·order), and here
@@ -228,6 +238,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         snap_timesteps: bool = False,
         terminal_alpha_cumprod: float | None = None,
         source: str | None = None,
+        source_options: dict[str, Any] | None = None,
     ) -> None:
         if prediction_type not in PREDICTIONS:
             raise ValueError(f"prediction_type: expected one of {PREDICTIONS}, got {prediction_type!r}")
@@ -289,12 +300,16 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
     ) -> ODEScheduler | tuple[ODEScheduler, dict[str, Any]]:
         """diffusers' ``from_config``; it also takes a scheduler itself (``from_config(pipe.scheduler)``),
         keeping every value of its config and its class as ``source``."""
+        source = None
         if isinstance(config, SchedulerMixin):
-            if not isinstance(config, ODEScheduler):
-                kwargs.setdefault("source", type(config).__name__)
+            source = None if isinstance(config, ODEScheduler) else type(config).__name__
             config = {k: v for k, v in config.config.items() if k != "_use_default_values"}
         elif isinstance(config, dict) and config.get("_class_name") not in (None, cls.__name__):
-            kwargs.setdefault("source", config["_class_name"])
+            source = config["_class_name"]
+        if source is not None and "source" not in kwargs:
+            own = inspect.signature(cls.__init__).parameters
+            options = {k: v for k, v in config.items() if not k.startswith("_") and k not in own}
+            kwargs.update(source=source, source_options=options)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # ------------------------------------------------------------------------------ properties
@@ -319,7 +334,8 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         """σ at each entry of ``timesteps``, then the σ the solve ends at (float32, as
         EulerDiscreteScheduler's): the training σ(t) and 0 before ``set_timesteps``."""
         if not self._plan:
-            return torch.cat([self.schedule.sigma_of_t(self.timesteps.double()), torch.zeros(1)]).float()
+            t = torch.arange(self.config.num_train_timesteps - 1, -1, -1, dtype=torch.float64)
+            return torch.cat([self.schedule.sigma_of_t(t), torch.zeros(1)]).float()
         return torch.tensor([*(e.sigma for e in self._plan), float(self._grid[-1])], dtype=torch.float32)
 
     @property
@@ -370,9 +386,9 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             if budget is None:
                 raise ValueError("num_inference_steps: expected the number of network evaluations, got None")
             try:
+                solver.intervals(budget)  # the solver's own "nfe: …" if the budget is too small
                 if cfg.grid in (None, SPACING_GRID):
-                    stock = self._stock_timesteps(solver.intervals(budget))
-                    grid = plan(sched, solver, budget, timesteps=stock)
+                    grid = self._grid_from(0, budget)
                 else:
                     grid = plan(sched, solver, budget, grid=cfg.grid)
             except ValueError as e:
@@ -410,16 +426,19 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         integral = all(v == int(v) for v in t)
         return torch.tensor(t, dtype=torch.int64 if integral else torch.float32)
 
-    def _stock_timesteps(self, n: int) -> Tensor:
-        """The timestep at the start of each of the n steps of the source scheduler (``source``,
-        default DDIMScheduler) set to n steps, from this config's training schedule and spacing."""
+    def _stock_timesteps(self, n: int) -> tuple[Tensor, Tensor]:
+        """The source scheduler (``source``, default DDIMScheduler) set to n steps, from this
+        config's training schedule and spacing: (the timestep img2img starts it from at each
+        index k < n, i.e. its ``timesteps[k·order]``; its distinct timesteps, the grid)."""
         cfg = self.config
-        stock = getattr(diffusers, cfg.source or "DDIMScheduler").from_config({k: cfg[k] for k in _SHARED})
+        options = {**(cfg.source_options or {}), **{k: cfg[k] for k in _SHARED}}
+        stock = getattr(diffusers, cfg.source or "DDIMScheduler").from_config(options)
         try:
             stock.set_timesteps(n)
         except ValueError as e:
             raise ValueError(f"timestep_spacing: {e}") from None
-        return stock.timesteps[:: stock.order][:n].detach().cpu().double()
+        t = stock.timesteps[:: stock.order].detach().cpu().double()
+        return t[:n], torch.unique_consecutive(t)
 
     def _custom_grid(self, sigmas: list[float] | Tensor, nfe: int | None = None) -> Tensor:
         s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().flatten()
@@ -428,8 +447,9 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start at ``timesteps[begin_index]``: img2img pipelines call this with k = n − int(n·strength).
 
-        k > 0 re-plans the solve from the source scheduler's k-th timestep (the class docstring,
-        "Strength") and rewrites ``timesteps[k:]`` in place; any entry may start.
+        It re-plans the solve from the source scheduler's k-th timestep (the class docstring,
+        "Strength"; for k = 0 only on a grid other than the source's) and rewrites
+        ``timesteps[k:]`` in place; any entry may start. Inverting runs the whole grid (k = 0).
         """
         if self._planned is None:
             self._begin_index = begin_index
@@ -447,9 +467,10 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"begin_index: an inversion runs its whole grid, got begin_index={k}")
         self.timesteps.copy_(planned.to(self.timesteps.device))
         self._plan, self._grid, self._nfe = evaluations, grid, budget
-        if k > 0:
+        # k = 0 starts at the source's first timestep too, unless the grid is the source's own
+        if self._mode == "sample" and (k > 0 or not (custom or self.config.grid in (None, SPACING_GRID))):
             try:
-                tail = self._tail_grid(k, grid, evaluations, custom)
+                tail = self._custom_tail(k, grid, evaluations) if custom else self._grid_from(k, n)
                 rest = _dry_run(self._solver, tail, n - k)
             except ValueError as e:
                 raise ValueError(f"begin_index: {k} leaves {n - k} of the {n} evaluations; {e}") from None
@@ -463,23 +484,33 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             self._plan, self._grid, self._nfe = evaluations[:k] + rest, tail, n - k
         self._run, self._index, self._last, self._begin_index = None, 0, None, k
 
-    def _tail_grid(self, k: int, grid: Tensor, evaluations: list[_Evaluation], custom: bool) -> Tensor:
-        """The grid of the solve that starts at entry k with the n − k evaluations left."""
-        n, solver, cfg = len(evaluations), self._solver, self.config
-        left = n - k
-        if custom:  # the given grid from entry k's σ on
-            s = evaluations[k].sigma
-            tail = torch.cat([grid.new_tensor([s]), grid[grid < s]])
-            if len(tail) > 1 and len(_dry_run(solver, tail, None)) == left:
-                return tail
-            raise ValueError(
-                f"begin_index: {solver.name} cannot start at timesteps[{k}] of a custom grid with the "
-                f"{left} evaluations left; start at the first evaluation of a step"
-            )
-        levels = self._stock_timesteps(n)[k:]
+    def _custom_tail(self, k: int, grid: Tensor, evaluations: list[_Evaluation]) -> Tensor:
+        """A given grid (sigmas=, timesteps=) from entry k's σ on, if it spends the evaluations left."""
+        s, left = evaluations[k].sigma, len(evaluations) - k
+        tail = torch.cat([grid.new_tensor([s]), grid[grid < s]])
+        if len(tail) > 1 and len(_dry_run(self._solver, tail, None)) == left:
+            return tail
+        raise ValueError(
+            f"{self._solver.name} cannot start at timesteps[{k}] of a custom grid with the {left} "
+            "evaluations left; start at the first evaluation of a step"
+        )
+
+    def _grid_from(self, k: int, n: int) -> Tensor:
+        """The grid of a solve from the source's k-th timestep τ_k (for n steps) spending the n − k
+        evaluations left: by default m = ``solver.intervals(n − k)`` of the source's distinct
+        timesteps from τ_k on (evenly picked by index), else the grid family on the schedule cut
+        at τ_k."""
+        solver, cfg, left = self._solver, self.config, n - k
+        starts, distinct = self._stock_timesteps(n)
+        levels = torch.cat([starts[k : k + 1], distinct[distinct < starts[k]]])
         m = solver.intervals(left)
         top = round(float(levels[0]))
-        if cfg.grid in (None, SPACING_GRID) or top == 0:  # m of the source's timesteps from τ_k on
+        if cfg.grid in (None, SPACING_GRID) or top == 0:
+            if m > len(levels):
+                raise ValueError(
+                    f"{solver.name} needs {m} grid intervals for {left} evaluations, but the source "
+                    f"scheduler has {len(levels)} timesteps from {top} down"
+                )
             pick = torch.linspace(0, len(levels) - 1, m, dtype=torch.float64).round().long()
             return plan(self.schedule, solver, left, timesteps=levels[pick])
         last = top == cfg.num_train_timesteps - 1

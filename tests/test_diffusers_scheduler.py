@@ -165,7 +165,7 @@ def test_heun_stages_are_timesteps_of_their_own():
 
     s = ODEScheduler(solver="heun", grid="timestep_spacing")  # integer timesteps, stages included
     s.set_timesteps(5)
-    assert s.timesteps.tolist() == [666, 333, 333, 0, 0]
+    assert s.timesteps.tolist() == [800, 400, 400, 0, 0]  # 3 of DDIM's 5 steps, stages included
 
 
 # the pipeline's own sample, image-to-image, save/load ---------------------------------------------
@@ -275,6 +275,33 @@ def test_save_and_load_round_trip(unet, tmp_path):
     again = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe")
     assert type(again.scheduler) is ODEScheduler
     assert public(again.scheduler.config) == public(loaded.config)
+
+
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading",
+          steps_offset=1, clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True)  # fmt: skip
+SOURCES = ["DDIMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+           "UniPCMultistepScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler"]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_img2img_starts_where_its_source_scheduler_starts(source):
+    """StableDiffusionImg2ImgPipeline's own get_timesteps, on the scheduler alone: at every
+    strength ODEScheduler's first timestep is the replaced scheduler's, for any grid and solver."""
+    from types import SimpleNamespace
+
+    stock = getattr(diffusers, source).from_config(SD)
+    pick = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps
+    for solver, grid in [("adams", None), ("heun", None), ("adams", "quadratic_t"), ("belm", "karras")]:
+        ours = ODEScheduler.from_config(stock, solver=solver, grid=grid)
+        assert ours.config.source == source
+        for n in (10, 25):
+            for strength in (0.3, 0.5, 0.8, 1.0):
+                stock.set_timesteps(n)
+                ours.set_timesteps(n)
+                ref, _ = pick(SimpleNamespace(scheduler=stock), n, strength, "cpu")
+                got, steps = pick(SimpleNamespace(scheduler=ours), n, strength, "cpu")
+                assert round(float(got[0])) == round(float(ref[0])), (solver, grid, n, strength)
+                assert len(got) == steps == int(n * strength)  # every entry is one evaluation
 
 
 # the attributes pipelines and editing methods read ------------------------------------------------
