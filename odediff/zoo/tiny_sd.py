@@ -21,7 +21,7 @@ SD_SCHEDULER: dict[str, Any] = dict(
     timestep_spacing="leading", steps_offset=1, clip_sample=False, set_alpha_to_one=False,
 )  # fmt: skip
 _TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
-_MAX_TOKENS = 16
+_MAX_TOKENS = 32
 
 
 def tokenizer() -> Any:
