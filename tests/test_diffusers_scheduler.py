@@ -243,6 +243,22 @@ def test_begin_index_starts_where_ddim_starts_from_any_entry(unet, solver, grid)
         assert (ours - ref).abs().max().item() <= 1e-5, k
 
 
+def test_begin_index_on_a_custom_grid_starts_at_its_own_entry():
+    sigmas = [80.0, 20.0, 5.0, 1.0, 0.2, 0.0]
+    s = ODEScheduler(solver="adams")
+    s.set_timesteps(sigmas=sigmas)
+    s.set_begin_index(2)
+    assert s.grid_sigmas.tolist() == pytest.approx(sigmas[2:]) and len(s.timesteps[2:]) == 3
+    heun = ODEScheduler(solver="heun")
+    heun.set_timesteps(sigmas=sigmas)  # heun, heun, heun, heun, then euler into 0: 9 entries
+    heun.set_begin_index(2)  # the first evaluation of the second step
+    assert heun.grid_sigmas.tolist() == pytest.approx(sigmas[1:])
+    with pytest.raises(
+        ValueError, match=r"begin_index: 1 leaves 8 of the 9 .* cannot start at timesteps\[1\] of a custom"
+    ):
+        heun.set_begin_index(1)  # a second evaluation: the given grid has no point to restart from
+
+
 @torch.no_grad()
 def test_save_and_load_round_trip(unet, tmp_path):
     ddpm = diffusers.DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
