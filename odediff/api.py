@@ -29,6 +29,7 @@ from .latent import Latent
 from .models import Model
 from .solvers import Solver, get_solver
 from .solvers.base import check_nfe
+from .solvers.stochastic import Generators, check_generators, randn
 
 __all__ = ["SOLVE_ARGS", "decode", "encode", "sample", "slerp"]
 
@@ -42,7 +43,7 @@ class _Args:
     sigmas: Sequence[float] | Tensor | None = None
     timesteps: Sequence[float] | Tensor | None = None
     grid: str | Grid | None = None
-    generator: torch.Generator | None = None
+    generator: Generators = None
     progress: bool = False
     callback: Callable[[Step], None] | None = None
     return_info: bool = False
@@ -97,6 +98,7 @@ def _solve(model: Model, x: Tensor | Latent, name: str, reverse: bool, a: _Args,
         x, carry, dtype, nfe = x.xT, x.carry, x.dtype, None  # from a latent the first step costs nothing
     else:
         x = _check_input(model, x, name)
+        check_generators(a.generator, x.shape[0])
         s = get_solver("adams" if a.solver is None else a.solver, **a.options)
         nfe = None if a.nfe is None or s.adaptive else check_nfe(a.nfe, s.name)
         grid_s = plan(model.schedule, s, a.nfe if nfe is None else nfe, a.sigmas, a.timesteps, a.grid)
@@ -157,7 +159,7 @@ def sample(
         model = _check_model(model)
         if not all(isinstance(n, int) and n > 0 for n in shape):
             raise ValueError(f"shape: expected positive whole numbers, got {tuple(shape)}")
-        noise = torch.randn(tuple(shape), generator=kwargs.get("generator"), dtype=torch.float32)
+        noise = randn(tuple(shape), kwargs.get("generator"), dtype=torch.float32, device="cpu")
         net = model.parameters_like()
         if net is not None:
             noise = noise.to(device=net[0], dtype=net[1])

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .models import Model
 from .solvers.base import FIELD, Solver, StepGen
+from .solvers.stochastic import Generators
 
 __all__ = ["BudgetExceeded", "CountedField", "Info", "Step", "drive", "integrate", "interval", "work_dtypes"]
 
@@ -145,7 +146,7 @@ def integrate(
     *,
     nfe: int | None = None,
     dtype: torch.dtype | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     max_nfe: int | None = None,
     progress: bool = False,
     callback: Callable[[Step], None] | None = None,

@@ -111,7 +111,7 @@ def test_euler_reproduces_ddim_in_its_pipelines(unet, prediction, beta_schedule)
 def test_pipeline_spends_exactly_nfe_and_equals_sample(unet64, solver, nfe):
     ddpm = diffusers.DDPMScheduler()
     pipe = diffusers.DDPMPipeline(unet64, ddpm)
-    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver=solver)
+    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver=solver, grid="quadratic_t")
     model = odediff.from_diffusers(unet64, diffusers.DDPMScheduler())
     with counted(unet64) as calls:
         ours = run(pipe, nfe)
@@ -130,7 +130,9 @@ def test_pipeline_spends_exactly_nfe_and_equals_sample(unet64, solver, nfe):
 def test_stochastic_ddim_draws_from_the_pipeline_generator(unet):
     ddpm = diffusers.DDPMScheduler()
     pipe = diffusers.DDPMPipeline(unet, ddpm)
-    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver="ddim", solver_options={"eta": 1.0})
+    pipe.scheduler = ODEScheduler.from_config(
+        ddpm.config, solver="ddim", solver_options={"eta": 1.0}, grid="quadratic_t"
+    )
     model = odediff.from_diffusers(unet, ddpm)
     g = torch.Generator().manual_seed(3)
     with counted(unet) as calls:
@@ -163,7 +165,7 @@ def test_heun_stages_are_timesteps_of_their_own():
 
     s = ODEScheduler(solver="heun", grid="timestep_spacing")  # integer timesteps, stages included
     s.set_timesteps(5)
-    assert s.timesteps.tolist() == [666, 333, 333, 0, 0]
+    assert s.timesteps.tolist() == [800, 400, 400, 0, 0]  # 3 of DDIM's 5 steps, stages included
 
 
 # the pipeline's own sample, image-to-image, save/load ---------------------------------------------
@@ -200,30 +202,61 @@ def test_a_sample_changed_by_the_pipeline_is_taken(unet):
     assert (inpainted - plain).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("grid", [None, "quadratic_t", "karras"])
+@pytest.mark.parametrize("solver", ["adams", "heun", "belm", "ddim"])
 @torch.no_grad()
-def test_begin_index_starts_the_solver_afresh(unet):
+def test_begin_index_starts_where_ddim_starts_from_any_entry(unet, solver, grid):
+    """Every begin_index k (Heun's second evaluations too) starts at DDIM's k-th timestep for
+    the same num_inference_steps, spends the n − k evaluations left, and is the solve
+    odediff.sample makes from there on the grid it reports."""
     ddpm = diffusers.DDPMScheduler()
     model = odediff.from_diffusers(unet, ddpm)
-    s = ODEScheduler.from_config(ddpm.config, solver="adams")
-    s.set_timesteps(8)
-    s.set_begin_index(3)
+    s = ODEScheduler.from_config(ddpm.config, solver=solver, grid=grid)
+    ddim = diffusers.DDIMScheduler.from_config(ddpm.config)
+    n = 8
+    ddim.set_timesteps(n)
     x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    x = s.add_noise(x0, noise(), s.timesteps[3:4])
-    sigma = float(s.evaluation_sigmas[3])
-    assert torch.allclose(x, (x0 + sigma * noise()) / math.sqrt(1 + sigma**2), atol=1e-6)
-    with counted(unet) as calls:
-        ours = x
-        for t in s.timesteps[3:]:
-            ours = s.step(unet(ours, t).sample, t, ours).prev_sample
-        assert len(calls) == 5
-        ref = odediff.sample(model, x, solver="adams", sigmas=s.grid_sigmas[3:])
-    assert (ours - ref).abs().max().item() <= 1e-5
+    for k in range(1, n):
+        s.set_timesteps(n)
+        if k == n - 1 and solver == "belm":  # a two-step method needs two evaluations
+            with pytest.raises(
+                ValueError, match="begin_index: 7 leaves 1 of the 8 evaluations; .*belm needs"
+            ):
+                s.set_begin_index(k)
+            continue
+        view = s.timesteps[k:]  # what a pipeline holds
+        s.set_begin_index(k)
+        assert int(view[0]) == int(ddim.timesteps[k])
+        assert torch.equal(view, s.timesteps[k:]) and len(view) == n - k
+        x = s.add_noise(x0, noise(), view[:1])
+        sigma = float(s.evaluation_sigmas[k])
+        assert sigma == pytest.approx(float(s.schedule.sigma_of_t(ddim.timesteps[k])), rel=1e-12)
+        assert torch.allclose(x, (x0 + sigma * noise()) / math.sqrt(1 + sigma**2), atol=1e-6)
+        with counted(unet) as calls:
+            ours = x
+            for t in view:
+                ours = s.step(unet(ours, t).sample, t, ours).prev_sample
+            assert len(calls) == n - k
+            g = s.grid_sigmas
+            assert float(g[0]) == sigma and float(g[-1]) == 0.0
+            ref = odediff.sample(model, x, solver=solver, sigmas=g, nfe=n - k)
+        assert (ours - ref).abs().max().item() <= 1e-5, k
 
+
+def test_begin_index_on_a_custom_grid_starts_at_its_own_entry():
+    sigmas = [80.0, 20.0, 5.0, 1.0, 0.2, 0.0]
+    s = ODEScheduler(solver="adams")
+    s.set_timesteps(sigmas=sigmas)
+    s.set_begin_index(2)
+    assert s.grid_sigmas.tolist() == pytest.approx(sigmas[2:]) and len(s.timesteps[2:]) == 3
     heun = ODEScheduler(solver="heun")
-    heun.set_timesteps(7)
-    heun.set_begin_index(1)  # Heun's second evaluation of its first step
-    with pytest.raises(ValueError, match=r"begin_index: timesteps\[1\] is the second evaluation"):
-        heun.step(torch.zeros(SHAPE), heun.timesteps[1], torch.zeros(SHAPE))
+    heun.set_timesteps(sigmas=sigmas)  # heun, heun, heun, heun, then euler into 0: 9 entries
+    heun.set_begin_index(2)  # the first evaluation of the second step
+    assert heun.grid_sigmas.tolist() == pytest.approx(sigmas[1:])
+    with pytest.raises(
+        ValueError, match=r"begin_index: 1 leaves 8 of the 9 .* cannot start at timesteps\[1\] of a custom"
+    ):
+        heun.set_begin_index(1)  # a second evaluation: the given grid has no point to restart from
 
 
 @torch.no_grad()
@@ -258,6 +291,87 @@ def test_save_and_load_round_trip(unet, tmp_path):
     again = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe")
     assert type(again.scheduler) is ODEScheduler
     assert public(again.scheduler.config) == public(loaded.config)
+
+
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading",
+          steps_offset=1, clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True)  # fmt: skip
+SOURCES = ["DDIMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+           "UniPCMultistepScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler"]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_img2img_starts_where_its_source_scheduler_starts(source):
+    """StableDiffusionImg2ImgPipeline's own get_timesteps, on the scheduler alone: at every
+    strength ODEScheduler's first timestep is the replaced scheduler's, for any grid and solver."""
+    from types import SimpleNamespace
+
+    stock = getattr(diffusers, source).from_config(SD)
+    pick = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps
+    for solver, grid in [("adams", None), ("heun", None), ("adams", "quadratic_t"), ("belm", "karras")]:
+        ours = ODEScheduler.from_config(stock, solver=solver, grid=grid)
+        assert ours.config.source == source
+        for n in (10, 25):
+            for strength in (0.3, 0.5, 0.8, 1.0):
+                stock.set_timesteps(n)
+                ours.set_timesteps(n)
+                ref, _ = pick(SimpleNamespace(scheduler=stock), n, strength, "cpu")
+                got, steps = pick(SimpleNamespace(scheduler=ours), n, strength, "cpu")
+                assert round(float(got[0])) == round(float(ref[0])), (solver, grid, n, strength)
+                assert len(got) == steps == int(n * strength)  # every entry is one evaluation
+
+
+# the attributes pipelines and editing methods read ------------------------------------------------
+
+
+def test_public_attributes_are_the_stock_schedulers():
+    cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading",
+               steps_offset=1)  # fmt: skip
+    ddim, ddpm = diffusers.DDIMScheduler(**cfg), diffusers.DDPMScheduler(**cfg)
+    euler = diffusers.EulerDiscreteScheduler(**cfg)
+    s = ODEScheduler.from_config(euler, solver="euler")
+    assert s.config.source == "EulerDiscreteScheduler"
+    for name in ("betas", "alphas", "alphas_cumprod"):
+        assert torch.equal(getattr(s, name), getattr(ddim, name)), name
+    assert float(s.final_alpha_cumprod) == 1.0  # every solve ends at σ = 0
+    assert s.timesteps.dtype == torch.int64 and torch.equal(s.timesteps, ddim.timesteps)  # training ones
+    assert torch.allclose(s.sigmas, euler.sigmas, rtol=1e-6) and s.sigmas.dtype == torch.float32
+    s.set_timesteps(10)
+    euler.set_timesteps(10)
+    assert s.timesteps.dtype == torch.int64 and torch.equal(s.timesteps, euler.timesteps.long())
+    assert torch.allclose(s.sigmas, euler.sigmas, rtol=1e-6)  # σ of each evaluation, then 0
+    heun = ODEScheduler.from_config(ddim, solver="heun", grid="log_snr")
+    heun.set_timesteps(7)
+    assert heun.timesteps.dtype == torch.float32  # fractional t(σ)
+    assert heun.sigmas[:-1].tolist() == pytest.approx(heun.evaluation_sigmas.tolist(), rel=1e-6)
+    x0, eps = noise(1), noise(2)
+    t = torch.tensor([10, 500])
+    assert torch.allclose(s.get_velocity(x0, eps, t), ddpm.get_velocity(x0, eps, t), atol=1e-6)
+    assert torch.allclose(s.add_noise(x0, eps, t), ddpm.add_noise(x0, eps, t), atol=1e-6)
+    names = {c.__name__ for c in s.compatibles}
+    assert {"DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"} <= names
+    with pytest.raises(ValueError, match="timesteps: empty; with img2img, strength is too small"):
+        s.add_noise(x0, eps, torch.tensor([], dtype=torch.int64))
+    with pytest.raises(ValueError, match="source: expected the name of a diffusers scheduler class"):
+        ODEScheduler(source="NoSuchScheduler")
+
+
+@torch.no_grad()
+def test_custom_sigmas_follow_euler_convention():
+    """n σ values are n − 1 steps, ending at the last one: the same evaluations and result as
+    EulerDiscreteScheduler (whose sample is x̄ = x·sqrt(1+σ²), VE-scaled)."""
+    sigmas = [14.0, 5.0, 1.0, 0.1]
+    euler, ours = diffusers.EulerDiscreteScheduler(), ODEScheduler(solver="euler")
+    euler.set_timesteps(sigmas=sigmas)
+    ours.set_timesteps(sigmas=sigmas)
+    assert len(ours.timesteps) == len(euler.timesteps) == 3
+    assert ours.timesteps.tolist() == pytest.approx(euler.timesteps.tolist(), abs=1e-3)
+    net = lambda x, t: 0.5 * x + 0.01 * t
+    x, xe = noise(), noise() * math.sqrt(1 + 14.0**2)
+    for t_ours, t_euler in zip(ours.timesteps, euler.timesteps):
+        x = ours.step(net(x, t_ours), t_ours, x).prev_sample
+        xe = euler.step(net(euler.scale_model_input(xe, t_euler), t_euler), t_euler, xe).prev_sample
+    err = (x * math.sqrt(1 + 0.1**2) - xe).abs().max().item()
+    assert err <= 1e-6 * xe.abs().max().item(), err  # float32 round-off of |x̄| ~ 10
 
 
 # bad input ---------------------------------------------------------------------------------------
@@ -296,9 +410,11 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="set_timesteps: call"):
         s.step(x, 999, x)
     s.set_timesteps(4)
-    with pytest.raises(ValueError, match="timestep: 500.0 is not a timestep where a euler step starts"):
-        s.step(x, 500, x)
-    with pytest.raises(ValueError, match="eta: 0.5 given to step"):
+    with pytest.raises(ValueError, match="timestep: 400.0 is not a timestep where a euler step starts"):
+        s.step(x, 400, x)
+    with pytest.raises(
+        ValueError, match="eta: 0.5 given, but η is the ddim solver's and this scheduler's solver is euler"
+    ):
         s.step(x, s.timesteps[0], x, eta=0.5)
     with pytest.raises(ValueError, match=r"model_output: shape \(2, 6, 8, 8\) differs"):
         s.step(torch.zeros(2, 6, 8, 8), s.timesteps[0], x)

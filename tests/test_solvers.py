@@ -188,6 +188,28 @@ def test_eta_reproducible_and_forward_noising(gauss):
     assert abs(z.var().item() - (1 - aT)) < 0.03
 
 
+def test_eta_with_one_generator_per_image(gauss):
+    """Item i of a batch drawn with generators [g_0, g_1, …] is what a batch of one drawn with
+    g_i alone gives: the initial noise and every step's noise come from its own generator."""
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    kw = dict(solver="ddim", eta=0.5, nfe=6, shape=(2, 1, 4, 4))
+    both = odediff.sample(gauss, generator=gens(1, 2), **kw)
+    assert torch.equal(both, odediff.sample(gauss, generator=gens(1, 2), **kw))
+    second = odediff.sample(gauss, generator=gens(2), **{**kw, "shape": (1, 1, 4, 4)})
+    assert torch.equal(both[1:], second)
+    assert not torch.equal(both[:1], second)
+    x = noise64(2, 8)
+    swapped = odediff.sample(gauss, x, solver="ddim", eta=0.5, nfe=6, generator=gens(2, 1))
+    straight = odediff.sample(gauss, x, solver="ddim", eta=0.5, nfe=6, generator=gens(1, 2))
+    assert (swapped - straight).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="generator: a list of 2 generators for a batch of 3; expected one"):
+        odediff.sample(gauss, shape=(3, 1, 4, 4), solver="ddim", eta=0.5, nfe=6, generator=gens(1, 2))
+    with pytest.raises(ValueError, match="generator: a list of 1 generators for a batch of 2"):
+        odediff.sample(gauss, x, solver="ddim", eta=0.5, nfe=6, generator=gens(1))
+    with pytest.raises(TypeError, match="generator: expected a list of torch.Generator, got .* int"):
+        odediff.sample(gauss, x, solver="ddim", eta=0.5, nfe=6, generator=[1, 2])
+
+
 @pytest.mark.parametrize("variable", ["sigma", "log_sigma"])
 def test_blend_mixes_orders_and_keeps_each_step_consistent(variable):
     """β = 1 is plain Adams bit for bit; β = 0 gives the next lower order's weights; any β
