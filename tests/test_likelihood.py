@@ -67,7 +67,7 @@ def test_matches_closed_form(mixture, exact, truth):
 
 
 def test_converges_to_closed_form(mixture, x0, truth):
-    lp, info = log_likelihood(mixture, x0[:1], rtol=1e-7, atol=1e-7)
+    _, info = log_likelihood(mixture, x0[:1], rtol=1e-7, atol=1e-7)
     assert ((info.delta + _exact_prior(mixture, info) - truth[:1]).abs() / D).max() < 1e-5
 
 
