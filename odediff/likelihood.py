@@ -170,12 +170,21 @@ def _grid(
     n = check_nfe(DEFAULT_NFE if nfe is None else nfe, solver.name)
     try:
         intervals = solver.intervals(n + 1)
-    except ValueError as e:
+    except ValueError:
+        near = [m for m in range(max(1, n - 8), n + 9) if _plans(solver, m + 1)]
+        hint = f"; try {min(near, key=lambda m: abs(m - n))}" if near else ""
         raise ValueError(
-            f"nfe: {n} does not suit {solver.name} here (the likelihood's grid has no step into σ = 0, "
-            f"so it plans as a sampling budget of {n + 1}: {e})"
+            f"nfe: {solver.name} cannot spend exactly {n} from σ_s to σ_max (no step into σ = 0){hint}"
         ) from None
     return make_grid(schedule, intervals, grid, sigma_last=sigma_start)[:-1].flip(0)
+
+
+def _plans(solver: Solver, nfe: int) -> bool:
+    try:
+        solver.intervals(nfe)
+    except ValueError:
+        return False
+    return True
 
 
 def _draw_probes(kind: str, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
