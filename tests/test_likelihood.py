@@ -165,3 +165,66 @@ def test_bits_per_dim():
 
 def test_exported():
     assert odediff.log_likelihood is log_likelihood and odediff.bits_per_dim is bits_per_dim
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, text: str) -> None:
+    err = capsys.readouterr().err.strip().split("\r")[-1]  # after a progress bar has erased itself
+    assert len(err.split("\n")) == 1 and err.startswith("odediff likelihood: error: ") and text in err, err
+
+
+def test_cli_prints_the_librarys_values(capsys):
+    from odediff.cli import main
+    from odediff.zoo.digits import load_data
+
+    assert main(["likelihood", "--model", "gmm-digits", "--n", "2", "--solver", "heun", "--nfe", "6"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    want, _ = log_likelihood(gmm_digits(), load_data("test")[0][:2].double(), solver="heun", nfe=6)
+    bpd = bits_per_dim(want, (1, 8, 8), bits=4)
+    assert out[0] == f"test[0]: log p = {float(want[0]):.2f} nats, {float(bpd[0]):.4f} bits/dim"
+    assert "over 2 images of gmm-digits, heun, exact divergence, 6 NFE, 384 VJPs" in out[-1]
+
+
+def test_cli_reads_images(tmp_path, capsys):
+    from odediff.cli import main, write_image
+    from odediff.zoo.digits import load_data
+
+    png = str(tmp_path / "d.png")
+    write_image(load_data("test")[0][:1], png, scale=1)
+    argv = ["likelihood", png, "--model", "gmm-digits", "--solver", "euler", "--nfe", "3"]
+    assert main([*argv, "--divergence", "hutchinson", "--n-probes", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{png}: log p = ") and " ± " in out[0] and "(8-bit bins)" in out[-1]
+
+
+@pytest.mark.parametrize(
+    "argv, text",
+    [
+        ("--model photos", "argument --model: photos has no built-in data set"),
+        ("--solver heun --nfe 0", "argument --nfe"),
+        ("--solver rk45 --nfe 5", "argument --nfe: rk45 is adaptive"),
+        (
+            "--solver torchdiffeq:rk4 --nfe 5 --model gmm-digits",
+            "argument --nfe: torchdiffeq:rk4 cannot spend",
+        ),
+        ("--divergence hutch", "argument --divergence: invalid choice"),
+        ("--divergence exact --n-probes 3", "argument --probes/--n-probes"),
+        ("{missing}", "no such file"),
+        ("{missing} --split test", "argument --split"),
+    ],
+)
+def test_cli_bad_arguments_are_one_line_errors(argv, text, tmp_path, capsys):
+    from odediff.cli import main
+
+    capsys.readouterr()
+    assert main(["likelihood", *argv.format(missing=str(tmp_path / "nope.png")).split()]) == 2
+    _one_line_error(capsys, text)
+
+
+def test_cli_tables_match_the_library():
+    from odediff import cli
+
+    assert cli.DIVERGENCES == likelihood.DIVERGENCES and cli.PROBES == likelihood.PROBES
+    assert cli.LIKELIHOOD_NFE == odediff.grids.DEFAULT_NFE and likelihood.DEFAULT_TOL == 1e-5
