@@ -29,7 +29,8 @@ linear schedule, σ_min ≈ 0.01).
 with P probes v_p (Rademacher ±1 or standard Gaussian) drawn once and held through the whole
 solve; each probe carries its own Δ_p, so the estimate is the mean of P independent unbiased
 estimates and its standard error is their standard deviation over sqrt(P). ``"auto"`` is exact
-when D ≤ :data:`EXACT_MAX_DIM` (64×64-pixel digits, 256-pixel photo patches), Hutchinson above.
+when D ≤ :data:`EXACT_MAX_DIM` (the zoo's 8×8 digits, 16×16 photo patches), Hutchinson above:
+exact costs D VJPs per evaluation, Hutchinson P, at the price of a standard error ∝ 1/sqrt(P).
 
 **Counting.** NFE counts network evaluations in the loop's one place (an evaluation counts once
 however many probes or VJPs it serves); VJPs are counted separately, one per vector (D or P per
@@ -74,7 +75,7 @@ class LikelihoodInfo:
     vjps: int  # vector–Jacobian products (each covers the whole batch)
     divergence: str  # "exact" or "hutchinson"
     n_probes: int | None  # Hutchinson's P, None when exact
-    stderr: Tensor | None  # (batch,) standard error of log p from the probes' spread; None if exact
+    stderr: Tensor | None  # (batch,) standard error from the probes' spread (NaN for 1 probe); None if exact
     prior: Tensor  # (batch,) log N(x̄(σ_e); 0, (1+σ_e²)I)
     delta: Tensor  # (batch,) Δ = ∫ ∇·ε dσ (the mean over probes when estimated)
     xT: Tensor  # (batch, ...) the VP-scale end point x̄(σ_e)/sqrt(1+σ_e²)
@@ -209,7 +210,7 @@ def log_likelihood(
     progress: bool = False,
     **options: Any,
 ) -> tuple[Tensor, LikelihoodInfo]:
-    """log p_{σ_s}(x_0) in nats per sample, (batch,) float64, by the ODE 0 → σ_max (module docstring).
+    """log p_{σ_s}(x_0) in nats per sample, (batch,) float64, by the ODE σ_s → σ_max (module docstring).
 
     ``solver``: a registry name or Solver (default ``"rk45"`` at rtol = atol = 1e-5; other
     options such as ``rtol``, ``atol``, ``max_nfe`` go to it), not a stochastic one. A fixed-step
