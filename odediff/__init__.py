@@ -14,7 +14,8 @@ _HOME = {
     "decode": "api", "encode": "api", "sample": "api", "slerp": "api",
     "GRIDS": "grids", "plan": "grids", "Guided": "guidance",
     "BudgetExceeded": "integrate", "Info": "integrate", "Step": "integrate", "integrate": "integrate",
-    "Latent": "latent", "EpsModel": "models", "Model": "models", "DiscreteSchedule": "schedules",
+    "Latent": "latent", "bits_per_dim": "likelihood", "log_likelihood": "likelihood",
+    "EpsModel": "models", "Model": "models", "DiscreteSchedule": "schedules",
     "SOLVERS": "solvers", "Solver": "solvers", "get_solver": "solvers",
     "TunedGrid": "tune", "tune_grid": "tune",
 }  # fmt: skip
@@ -31,12 +32,14 @@ __all__ = [
     "Solver",
     "Step",
     "TunedGrid",
+    "bits_per_dim",
     "decode",
     "encode",
     "from_denoiser",
     "from_diffusers",
     "get_solver",
     "integrate",
+    "log_likelihood",
     "plan",
     "sample",
     "slerp",
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from .guidance import Guided
     from .integrate import BudgetExceeded, Info, Step, integrate
     from .latent import Latent
+    from .likelihood import bits_per_dim, log_likelihood
     from .models import EpsModel, Model
     from .schedules import DiscreteSchedule
     from .solvers import SOLVERS, Solver, get_solver

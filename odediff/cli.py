@@ -1,4 +1,4 @@
-"""The ``odediff`` command (also ``python -m odediff``): demo, sample, encode, decode, bench.
+"""The ``odediff`` command (also ``python -m odediff``): demo, sample, encode, decode, likelihood, bench.
 
 ``encode`` reads image files and writes a latent file (a dict: the latent, model, solver, NFE,
 grid, tolerances); ``decode`` turns one back into an image with the same settings unless told
@@ -35,6 +35,10 @@ DEFAULT_GRID = "quadratic_t"
 MODEL_NAMES = ("digits", "digits-dit", "digits-seed1", "gmm-digits", "photos")
 
 SAMPLE_NFE = 10  # the default budgets of fixed-step solvers
+LIKELIHOOD_NFE = 20  # odediff.grids.DEFAULT_NFE, the likelihood's fixed-step default (tolerance 1e-5)
+DIGITS_DATA = ("digits", "digits-dit", "digits-seed1", "gmm-digits")  # models of the built-in digits data
+DIVERGENCES = ("auto", "exact", "hutchinson")  # copies of odediff.likelihood's, kept in sync by the tests
+PROBES = ("rademacher", "gaussian")
 ENCODE_NFE = 50
 MAX_NFE = 1_000_000  # ~3 h of the digits UNet on a CPU; larger is a typo, not a budget
 
@@ -669,6 +673,60 @@ def _bench_quality(a: argparse.Namespace) -> None:
         print(f"-> {a.out}/nfe_vs_quality.{{csv,md,png}}")
 
 
+def _likelihood(a: argparse.Namespace) -> None:
+    if a.images and a.split is not None:
+        raise UsageError("argument --split: the data are the IMAGE files given; drop --split or the files")
+    if not a.images and a.model not in DIGITS_DATA:
+        raise UsageError(f"argument --model: {a.model} has no built-in data set; give IMAGE files")
+    if a.divergence == "exact" and (a.probes is not None or a.n_probes is not None):
+        raise UsageError("argument --probes/--n-probes: Hutchinson's; not with --divergence exact")
+    kw = _solve_settings(a.solver, a.nfe, a.grid, _tol(a), default_nfe=LIKELIHOOD_NFE)
+    for p in a.images:
+        _check_file_in(p, "an image")
+    import torch
+
+    from odediff.likelihood import bits_per_dim, log_likelihood
+    from odediff.zoo import load
+
+    model = load(a.model)
+    if a.images:
+        x0 = torch.stack([read_image(p, tuple(model.sample_shape), a.invert) for p in a.images])
+        names, bits = list(a.images), 8 if a.bits is None else a.bits  # 8-bit image files
+    else:
+        from odediff.zoo.digits import load_data
+
+        split = a.split or "test"
+        x0 = load_data(split)[0][: a.n]
+        names, bits = [f"{split}[{i}]" for i in range(len(x0))], 4 if a.bits is None else a.bits  # step 1/8
+    net = model.parameters_like()
+    x0 = x0.to(dtype=net[1]) if net is not None else x0.double()
+    hutchinson = (
+        dict(probes=a.probes or "rademacher", n_probes=a.n_probes or 4) if a.probes or a.n_probes else {}
+    )
+    g = torch.Generator().manual_seed(a.seed)
+    t0 = time.perf_counter()
+    try:
+        lp, info = _solve(
+            log_likelihood, model, x0, divergence=a.divergence, generator=g, progress=True, **hutchinson, **kw
+        )
+    except ValueError as e:  # the library names its argument: the flag of the same name
+        head = str(e).partition(": ")[0]
+        if head in ("nfe", "grid", "solver", "divergence", "n_probes", "probes"):
+            raise UsageError(_flag_message(e, "--" + head.replace("_", "-"))) from None
+        raise
+    bpd = bits_per_dim(lp, x0.shape[1:], bits=bits)
+    se = info.stderr
+    for i, name in enumerate(names):
+        pm = "" if se is None else f" ± {float(se[i]):.2f}"
+        print(f"{name}: log p = {float(lp[i]):.2f}{pm} nats, {float(bpd[i]):.4f} bits/dim")
+    secs = time.perf_counter() - t0
+    what = f"{_plural(len(x0), 'image')} of {a.model}"
+    print(
+        f"mean {float(bpd.mean()):.4f} bits/dim ({bits}-bit bins) over {what}, {info.ode.solver}, "
+        f"{info.divergence} divergence, {info.nfe} NFE, {info.vjps} VJPs, {secs:.1f} s"
+    )
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -681,7 +739,9 @@ def _solver_help() -> str:
     )
 
 
-def _solver_flags(p: argparse.ArgumentParser, solver: str | None, nfe: str, grid: str) -> None:
+def _solver_flags(
+    p: argparse.ArgumentParser, solver: str | None, nfe: str, grid: str, tol: str = "1e-4"
+) -> None:
     """--solver, --nfe, --grid and the adaptive solvers' --rtol, --atol, --max-nfe."""
     default = f" (default: {solver})" if solver in SOLVER_NAMES else " (default: the latent's)"
     p.add_argument("--solver", type=_solver_name, default=solver, help=_solver_help() + default)
@@ -693,7 +753,7 @@ def _solver_flags(p: argparse.ArgumentParser, solver: str | None, nfe: str, grid
         "--grid", choices=GRID_NAMES, default=None,
         help=f"σ grid family, for a fixed-step solver (default: {grid})",
     )  # fmt: skip
-    tol = "tolerance of an adaptive solver (default: 1e-4)"
+    tol = f"tolerance of an adaptive solver (default: {tol})"
     p.add_argument("--rtol", type=_tolerance, default=None, help=f"relative {tol}")
     p.add_argument("--atol", type=_tolerance, default=None, help=f"absolute {tol}")
     p.add_argument(
@@ -715,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  odediff sample --solver rk45 --rtol 1e-3 --atol 1e-3 --out samples.png\n"
             "  odediff encode digit.png --out z.pt --solver euler --nfe 50\n"
             "  odediff decode z.pt --out back.png\n"
+            "  odediff likelihood digit.png --model digits\n"
             "  odediff bench nfe --model gmm-digits --out out/nfe\n\n"
             "`odediff COMMAND --help` describes each command."
         ),
@@ -770,6 +831,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", type=_whole(1), default=4, help="pixels per image pixel in the output (default: 4)"
     )
     c.set_defaults(run=_decode, parser=c)
+
+    lk = sub.add_parser(
+        "likelihood", help="log p and bits/dim of images (or the digits data) through the ODE",
+        description=(
+            "Integrate the ODE with its divergence from the data at σ_min to σ_max "
+            "(odediff.log_likelihood): log p in nats and bits/dim of each IMAGE (read as `encode` "
+            "reads them; 8-bit bins by default), or without files of the first --n digits of --split "
+            "(4-bit bins: the digits' step is 1/8)."
+        ),
+        formatter_class=fmt,
+    )  # fmt: skip
+    lk.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s): PNG, JPEG, ...")
+    lk.add_argument("--model", choices=MODEL_NAMES, default="digits", help="built-in model (default: digits)")
+    _solver_flags(lk, "rk45", str(LIKELIHOOD_NFE), DEFAULT_GRID, tol="1e-5")
+    lk.add_argument(
+        "--divergence", choices=DIVERGENCES, default="auto",
+        help="exact (one VJP per dimension), hutchinson, or auto: exact up to 256 dimensions (default: auto)",
+    )  # fmt: skip
+    lk.add_argument(
+        "--probes", choices=PROBES, default=None, help="Hutchinson's probes (default: rademacher)"
+    )
+    lk.add_argument(
+        "--n-probes", type=_whole(1), default=None, help="Hutchinson's probes per image (default: 4)"
+    )
+    lk.add_argument("--seed", type=_seed, default=0, help="random seed of the probes (default: 0)")
+    lk.add_argument(
+        "--split", choices=("test", "train"), default=None, help="digits split without IMAGE (default: test)"
+    )
+    lk.add_argument("--n", type=_whole(1), default=4, help="digits of --split, without IMAGE (default: 4)")
+    lk.add_argument(
+        "--bits", type=_whole(1, 32), default=None, help="bit depth of the bins (default: 8, digits 4)"
+    )
+    lk.add_argument("--invert", action="store_true", help="dark-on-light image: map dark to +1")
+    lk.set_defaults(run=_likelihood, parser=lk)
 
     b = sub.add_parser("bench", help="the studies: nfe (error vs NFE), quality (Fréchet distance vs NFE)")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="STUDY", parser_class=_Parser)

@@ -152,6 +152,7 @@ def integrate(
     callback: Callable[[Step], None] | None = None,
     carry: Tensor | None = None,
     grad: bool | None = None,
+    scaled: bool = True,
 ) -> tuple[Tensor, Info]:
     """Integrate the VP-scale state ``x`` at σ = sigmas[0] to sigmas[-1]; returns VP-scale x.
 
@@ -160,7 +161,9 @@ def integrate(
     extra starting state (what :attr:`Info.carry` returned when encoding). No autograd graph
     is built unless ``grad`` is True or, by default, ``x`` or ``carry`` requires grad.
 
-    x̄ = x·sqrt(1+σ²) is what the solver carries; the result is x̄/sqrt(1+σ_end²).
+    x̄ = x·sqrt(1+σ²) is what the solver carries; the result is x̄/sqrt(1+σ_end²). With ``scaled``
+    False, ``x`` is x̄ itself and so is the result (no scaling at either end): a state that is
+    not a VP-scale image, e.g. the likelihood's (x̄, Δ log p) for a model whose ``eps`` is its field.
     """
     dtype = x.dtype if dtype is None else dtype
     work, net_dtype = work_dtypes(model, dtype, x.device)
@@ -188,7 +191,8 @@ def integrate(
             callback(Step(len(visited) - 2, s, x_new, fld.nfe))
 
     with torch.set_grad_enabled(grad):
-        xbar = x.to(work) * math.sqrt(1 + sig[0] * sig[0])  # a new tensor: the input is never touched
+        scale0, scale1 = (math.sqrt(1 + s * s) for s in (sig[0], sig[-1])) if scaled else (1.0, 1.0)
+        xbar = x.to(work) * scale0  # a new tensor: the input is never touched
         state = solver.init(sig, nfe=nfe, generator=generator, **extra)
         controller = getattr(solver, "controller", None)
         try:
@@ -226,7 +230,7 @@ def integrate(
                 bar.close()
         if nfe is not None and fld.nfe != nfe:  # a planning bug, never the user's fault
             raise RuntimeError(f"{solver.name} spent {fld.nfe} evaluations on a budget of {nfe}")
-        out = (xbar / math.sqrt(1 + sig[-1] * sig[-1])).to(dtype)
+        out = (xbar / scale1).to(dtype)
     info = Info(
         nfe=fld.nfe,
         sigmas=torch.tensor(sig, dtype=torch.float64),
