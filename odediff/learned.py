@@ -18,6 +18,7 @@ differentiable in all of them (:func:`odediff.tune_grid`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -28,9 +29,14 @@ from torch import Tensor
 from .integrate import drive, interval
 from .solvers import Solver, get_solver
 
-__all__ = ["Learned", "multistep_weights"]
+__all__ = ["Learned", "multistep_weights", "scalar"]
 
 Number = float | Tensor
+
+
+def scalar(v: Number) -> float:
+    """A float of a number or a 0-d tensor (detached: no autograd warning)."""
+    return float(v.detach()) if isinstance(v, Tensor) else float(v)
 
 
 class LearnedState(NamedTuple):
@@ -53,21 +59,25 @@ class Learned(Solver):
     order: ClassVar[int] = 1  # consistent for any weights; its accuracy is what tuning bought
 
     def __post_init__(self) -> None:
-        sig = [float(s) for s in self.sigmas]
+        sig = [scalar(s) for s in self.sigmas]
         n = len(sig) - 1
-        if n < 1 or sig[-1] != 0 or any(b >= a for a, b in zip(sig, sig[1:])):
+        if n < 1 or sig[-1] != 0 or any(b >= a for a, b in itertools.pairwise(sig)):
             raise ValueError(f"sigmas: expected a decreasing grid ending at 0, got {sig}")
         if len(self.weights) != n - 1:
-            raise ValueError(f"weights: expected {n - 1} rows (one per interval but the last), got {len(self.weights)}")
+            raise ValueError(
+                f"weights: expected {n - 1} rows (one per interval but the last), got {len(self.weights)}"
+            )
         for i, row in enumerate(self.weights):
-            total = sum(float(w) for w in row)
+            total = sum(scalar(w) for w in row)
             if not 1 <= len(row) <= i + 1 or not math.isclose(total, 1.0, rel_tol=0, abs_tol=1e-9):
                 raise ValueError(
                     f"weights: row {i} must have 1 to {i + 1} weights summing to 1 (consistency), "
-                    f"got {[float(w) for w in row]} (sum {total!r})"
+                    f"got {[scalar(w) for w in row]} (sum {total!r})"
                 )
         if self.times is not None and len(self.times) != n:
-            raise ValueError(f"times: expected {n} network noise levels (one per evaluation), got {len(self.times)}")
+            raise ValueError(
+                f"times: expected {n} network noise levels (one per evaluation), got {len(self.times)}"
+            )
         object.__setattr__(self, "_floats", tuple(sig))
 
     @property
@@ -78,7 +88,9 @@ class Learned(Solver):
     def intervals(self, nfe: int) -> int:
         n = len(self.sigmas) - 1
         if super().intervals(nfe) != n:
-            raise ValueError(f"nfe: this learned solver was tuned for nfe={n} and spends exactly that, got {nfe}")
+            raise ValueError(
+                f"nfe: this learned solver was tuned for nfe={n} and spends exactly that, not {nfe}"
+            )
         return n
 
     def init(self, sigmas, *, nfe=None, generator=None) -> LearnedState:
@@ -111,9 +123,9 @@ class Learned(Solver):
     def to_json(self) -> dict[str, Any]:
         """Floats only (written with repr by ``json``, so they load back bit for bit)."""
         return {
-            "sigmas": [float(s) for s in self.sigmas],
-            "weights": [[float(w) for w in row] for row in self.weights],
-            "times": None if self.times is None else [float(t) for t in self.times],
+            "sigmas": [scalar(s) for s in self.sigmas],
+            "weights": [[scalar(w) for w in row] for row in self.weights],
+            "times": None if self.times is None else [scalar(t) for t in self.times],
         }
 
     @classmethod
@@ -126,7 +138,9 @@ class Learned(Solver):
         )
 
 
-def multistep_weights(solver: str | Solver, sigmas: Tensor | list[float], **options) -> tuple[tuple[float, ...], ...]:
+def multistep_weights(
+    solver: str | Solver, sigmas: Tensor | list[float], **options
+) -> tuple[tuple[float, ...], ...]:
     """The weights w_ij (module docstring) with which ``solver`` steps the grid ``sigmas``.
 
     Found by running the solver's own steps on a probe: x̄_0 and D_0, D_1, … are the unit
@@ -145,9 +159,9 @@ def multistep_weights(solver: str | Solver, sigmas: Tensor | list[float], **opti
     state = s.init(tuple(sig))
     rows = []
     for i in range(n - 1):
-        calls = []
+        calls: list[float] = []
 
-        def probe(xbar: Tensor, sigma: float, i: int = i) -> Tensor:
+        def probe(xbar: Tensor, sigma: float, i: int = i, calls: list[float] = calls) -> Tensor:
             calls.append(sigma)
             unit = torch.zeros_like(xbar)
             unit[i + 1] = 1.0

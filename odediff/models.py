@@ -96,13 +96,14 @@ class EpsModel:
         net = parameters_like(self.net)
         if net is not None and x_t.dtype != net[1]:
             x_t = x_t.to(net[1])
-        t = self.schedule.t_of_sigma(float(sigma), snap=self.snap_timesteps)
+        level = float(sigma.detach()) if isinstance(sigma, Tensor) else sigma
+        t = self.schedule.t_of_sigma(level, snap=self.snap_timesteps)
         t_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32  # half would round t
         t_batch = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
         if isinstance(sigma, Tensor) and sigma.requires_grad and not self.snap_timesteps:
             # t + (log σ − log σ.item())·dt/dlog σ: the same value, with t(σ)'s derivative
-            slope = self.schedule.t_slope(float(sigma))
-            t_batch = t_batch + ((sigma.log() - math.log(float(sigma))) * slope).to(t_dtype)
+            slope = self.schedule.t_slope(level)
+            t_batch = t_batch + ((sigma.log() - math.log(level)) * slope).to(t_dtype)
         out = self.net(x_t, t_batch, **self.net_kwargs)
         if not isinstance(out, Tensor):  # e.g. diffusers' UNet2DOutput
             out = getattr(out, "sample", None) if hasattr(out, "sample") else _first(out)
