@@ -91,12 +91,15 @@ class TunedGrid:
         missing = {"sigmas", "model", "solver", "nfe"} - set(d)
         if missing:
             raise ValueError(f"path: {path} is not a tuned grid (missing {sorted(missing)})")
-        options = {k: _tuples(v) for k, v in d.get("options", {}).items()}
+        options = _tuples(d.get("options", {}))
         return cls(**{**d, "sigmas": tuple(float(s) for s in d["sigmas"]), "options": options,
                       "learn": tuple(d.get("learn", ("grid",)))})  # fmt: skip
 
 
 def _tuples(v: Any) -> Any:
+    """JSON lists as tuples, nested (a TunedGrid stays hashable and compares equal after loading)."""
+    if isinstance(v, dict):
+        return {k: _tuples(x) for k, x in v.items()}
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
@@ -300,7 +303,7 @@ def _search_learned(
 
     def frozen(solver: Learned) -> tuple[Tensor, str, dict[str, Any]]:
         d = solver.to_json()
-        return torch.tensor(d.pop("sigmas"), dtype=torch.float64), Learned.name, d
+        return torch.tensor(d.pop("sigmas"), dtype=torch.float64), Learned.name, _tuples(d)
 
     spent = 0
 
