@@ -316,8 +316,8 @@ def _search_learned(
 
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["iterations"])
-    with torch.no_grad():
-        start = build()
+    with torch.no_grad():  # a copy: the solver built holds views of the parameters Adam updates
+        start = Learned.from_json(build().to_json())
     default = error(start, train, truth, False).item()
     best = (error(start, held, held_truth, False).item() if held is not None else default, start, default)
     stale = 0
