@@ -1,104 +1,118 @@
-"""Tuned grids (and Adams weights) against the best peer, on noises the tuning never saw.
+"""Learned solvers for the zoo's trained networks, against the default and the best peer.
 
-    python benchmarks/tuned_grid.py --model gmm-digits --nfe 5 10 --out out/tuned
-    python benchmarks/tuned_grid.py --model digits --nfe 5 10 --train 16 --evaluations 400
+    python benchmarks/tuned_grid.py --model digits --nfe 4 5 6 8 10 --ship   # tune, write the package's files
+    python benchmarks/tuned_grid.py --model all --study out/study              # measure the shipped files
 
-For each NFE: ``odediff.tune_grid`` on ``--train`` noises drawn with seed 1, once for the grid
-alone and once with ``tune_weights=True``; then the RMSE of x_0 on the NFE study's noises
-(seed 0, the same count as ``benchmarks/nfe_vs_error.py``) against the same reference, beside
-the default and the best peer read from that study's CSV (run it first). Tuned grids are saved
-as JSON next to the table.
+Tuning (``--ship``, or ``--out`` for elsewhere): ``odediff.tune_grid`` on ``--train`` noises and
+``--holdout`` noises (seed 1; the reference solves are made once per network and reused for
+every NFE). Measuring: RMSE of x_0 on the NFE study's noises (seed 0, 16, the float64 network,
+against its knot reference), which the tuning never saw, for the default ``adams``, the tuned
+solver and the best peer of ``nfe_error_study``'s CSV in ``--study/<model>/`` (run the study at
+these NFEs first: it is what ``benchmarks/nfe_vs_error.py`` writes).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
 import os
-import time
+from pathlib import Path
 
 import torch
 
 import odediff
 from odediff.bench.study import best_at, load_problem
 from odediff.reference import default_reference
+from odediff.tune import SHIPPED, TunedGrid, tune_grid
+from odediff.zoo import load
 
-STUDY_NOISES = {"gmm-digits": 64, "digits": 16}
+TRAINED = ("digits", "digits-seed1", "digits-dit", "photos")
 
 
-def best_peers(study_csv: str) -> list[dict]:
-    with open(study_csv, newline="") as f:
+def memo_reference():
+    """The default reference solve, computed once per set of noises."""
+    cache: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def reference(model, x):
+        key = hashlib.sha1(x.detach().double().numpy().tobytes()).hexdigest()
+        if key not in cache:
+            x0, n = default_reference(model).solve(model, x)
+            cache[key] = (x0, int(n.max()))
+        return cache[key]
+
+    return reference
+
+
+def tune(name: str, nfes: list[int], a: argparse.Namespace, out: Path) -> None:
+    model, reference = load(name), memo_reference()
+    learn = tuple(a.learn.split(","))
+    for n in nfes:
+        g = tune_grid(model, n, noises=a.train, holdout=a.holdout, learn=learn, reference=reference,
+                      iterations=a.iterations, seed=1, model_name=name)  # fmt: skip
+        g.save(out / f"{name}_nfe{n}.json")
+        print(f"{name} NFE {n}: train {g.train_error:.4g}, held out {g.holdout_error:.4g} (default "
+              f"{g.default_error:.4g}); {g.seconds:.0f} s, {g.cost_nfe} evaluations", flush=True)  # fmt: skip
+
+
+def peers(study: str, name: str) -> list[dict]:
+    path = os.path.join(study, name, "nfe_vs_error.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["target"], r["nfe"], r["rmse"] = int(r["target"]), float(r["nfe"]), float(r["rmse"])
     return rows
 
 
-def rmse(x: torch.Tensor, truth: torch.Tensor) -> float:
-    return (x.double() - truth).square().mean().sqrt().item()
+def measure(name: str, nfes: list[int], study: str, folder: Path) -> list[str]:
+    model, _ = load_problem(name)  # float64, as the study's peers
+    gen = torch.Generator().manual_seed(0)
+    test = torch.randn(16, *model.sample_shape, dtype=torch.float64, generator=gen)
+    truth, _ = default_reference(model).solve(model, test)
+    rows, lines = peers(study, name), []
+    for n in nfes:
+        g = TunedGrid.load(folder / f"{name}_nfe{n}.json")
+        with torch.no_grad():
+            default = (odediff.sample(model, test, nfe=n) - truth).square().mean().sqrt().item()
+            y, info = odediff.sample(model, test, return_info=True, **g.kwargs())
+        assert info.nfe == n
+        tuned = (y - truth).square().mean().sqrt().item()
+        p = best_at(rows, n, lambda r: r["family"] == "peer")
+        pr = p["rmse"] if p else math.nan
+        who = f"{pr:.3g} {p['method'].removeprefix('diffusers ')}" if p else "–"
+        lines.append(f"| {name} | {n} | {default:.3g} | {tuned:.3g} | {who} | {default / pr:.2f}× | "
+                     f"**{tuned / pr:.2f}×** | {g.seconds / 60:.1f} min, {g.cost_nfe} |")  # fmt: skip
+        print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="gmm-digits", choices=sorted(STUDY_NOISES))
-    p.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--train", type=int, default=128, help="training noises (seed 1)")
-    p.add_argument("--evaluations", type=int, default=800, help="loss evaluations of each search")
-    p.add_argument("--study", default="out/nfe_vs_error", help="folder of nfe_vs_error.py's output")
-    p.add_argument("--out", default="out/tuned")
+    p.add_argument("--model", default="all", choices=("all", *TRAINED))
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10])
+    p.add_argument("--train", type=int, default=16, help="training noises (seed 1)")
+    p.add_argument("--holdout", type=int, default=16, help="held-out noises for early stopping (seed 1)")
+    p.add_argument("--iterations", type=int, default=400)
+    p.add_argument("--learn", default="grid,weights")
+    p.add_argument("--ship", action="store_true", help="tune and write the package's files")
+    p.add_argument("--out", default=None, help="tune and write the files here instead")
+    p.add_argument("--study", default="out/study", help="nfe_error_study's output folder (the peers)")
     a = p.parse_args()
     torch.set_num_threads(1)
-
-    model, title = load_problem(a.model)
-    ref = default_reference(model)
-
-    def reference(m, x):
-        x0, n = ref.solve(m, x)
-        return x0, int(n.sum())
-
-    shape = tuple(model.sample_shape)
-    gen = torch.Generator().manual_seed(0)  # the NFE study's noises
-    test = torch.randn((STUDY_NOISES[a.model], *shape), dtype=torch.float64, generator=gen)
-    truth, _ = ref.solve(model, test)
-    study_csv = os.path.join(a.study, a.model, "nfe_vs_error.csv")
-    rows = best_peers(study_csv) if os.path.exists(study_csv) else []
-    os.makedirs(a.out, exist_ok=True)
-
-    lines = [
-        f"#### {title}: tuned on {a.train} noises (seed 1), RMSE on the study's {len(test)} noises (seed 0)",
-        "",
-        "| NFE | default | tuned grid | tuned grid + weights | best peer | grid ÷ peer | "
-        "grid + weights ÷ peer | tuning cost (NFE) |",
-        "|---" * 8 + "|",
-    ]
-    for n in a.nfe:
-        with torch.no_grad():
-            default = rmse(odediff.sample(model, test, nfe=n), truth)
-        errs, cost = {}, 0
-        for tw in (False, True):
-            t0 = time.perf_counter()
-            g = odediff.tune_grid(
-                model, n, noises=a.train, holdout=None, robust=True, evaluations=a.evaluations,
-                seed=1, reference=reference, model_name=a.model, tune_weights=tw,
-            )  # fmt: skip
-            g.save(os.path.join(a.out, f"{a.model}_nfe{n}{'_weights' if tw else ''}.json"))
-            with torch.no_grad():
-                errs[tw] = rmse(odediff.sample(model, test, **g.kwargs()), truth)
-            cost += g.cost_nfe
-            print(f"NFE {n} tune_weights={tw}: {errs[tw]:.4g} (default {default:.4g}), "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-        peer = best_at(rows, n, lambda r: r["family"] == "peer")
-        pr = peer["rmse"] if peer else math.nan
-        who = f"{pr:.3g} {peer['method']}" if peer else "– (run nfe_vs_error.py)"
-        lines.append(
-            f"| {n} | {default:.3g} | {errs[False]:.3g} | {errs[True]:.3g} | {who} | "
-            f"{errs[False] / pr:.2f}× | {errs[True] / pr:.2f}× | {cost} |"
-        )
-    md = "\n".join(lines)
-    print(md)
-    with open(os.path.join(a.out, f"{a.model}.md"), "w") as f:
-        f.write(md + "\n")
+    names = TRAINED if a.model == "all" else (a.model,)
+    folder = Path(a.out) if a.out else SHIPPED
+    if a.ship or a.out:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            tune(name, a.nfe, a, folder)
+    lines = ["| network | NFE | default adams | tuned | best peer | default ÷ peer | tuned ÷ peer | "
+             "tuning (time, NFE) |", "|---" * 8 + "|"]  # fmt: skip
+    for name in names:
+        lines += measure(name, a.nfe, a.study, folder)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@
   fixed-step solvers) with an optional ``grid`` family, or ``sigmas``, or ``timesteps``;
 - ``generator`` (stochastic solvers), ``progress`` (a tqdm bar), ``callback(Step)`` after each
   step, ``return_info`` (also return an :class:`Info`), ``grad`` (build an autograd graph:
-  by default only when the input requires grad).
+  by default only when the input requires grad). ``grid="tuned"`` with ``nfe`` uses the learned
+  solver shipped for a zoo model at that NFE (:func:`odediff.tune.shipped`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -99,6 +100,8 @@ def _solve(model: Model, x: Tensor | Latent, name: str, reverse: bool, a: _Args,
     else:
         x = _check_input(model, x, name)
         check_generators(a.generator, x.shape[0])
+        if a.grid == "tuned":
+            a = _tuned(model, a, reverse)
         s = get_solver("adams" if a.solver is None else a.solver, **a.options)
         nfe = None if a.nfe is None or s.adaptive else check_nfe(a.nfe, s.name)
         grid_s = plan(model.schedule, s, a.nfe if nfe is None else nfe, a.sigmas, a.timesteps, a.grid)
@@ -114,6 +117,19 @@ def _solve(model: Model, x: Tensor | Latent, name: str, reverse: bool, a: _Args,
         xT = info.carry[0] / math.sqrt(1 + float(grid_s[-1]) ** 2)
         out = Latent(xT, info.carry[1], s, info.nfe, grid_s.flip(0), out.dtype, fingerprint(model))
     return (out, info) if a.return_info else out
+
+
+def _tuned(model: Model, a: _Args, reverse: bool) -> _Args:
+    """``grid="tuned"``: the learned solver and grid shipped for this zoo model and ``nfe``."""
+    if reverse:
+        raise ValueError("grid: a tuned solver samples (σ_max → 0); it does not encode")
+    if a.solver is not None or a.options or a.sigmas is not None or a.timesteps is not None:
+        raise ValueError(
+            "grid: 'tuned' brings its own solver and grid; drop solver, its options, sigmas and timesteps"
+        )
+    from .tune import shipped_args
+
+    return replace(a, grid=None, **shipped_args(model, a.nfe))
 
 
 def _latent_plan(model: Model, z: Latent, name: str, a: _Args, other_model: bool) -> tuple[Solver, Tensor]:

@@ -730,6 +730,29 @@ def _likelihood(a: argparse.Namespace) -> None:
 # --- the parser ------------------------------------------------------------------------------
 
 
+def _tune(a: argparse.Namespace) -> None:
+    if not a.out.lower().endswith(".json"):
+        raise UsageError(f"argument --out: a tuned solver is written as JSON; end it in .json, not {a.out!r}")
+    _check_file_out(a.out, "--out", "tuned.json")
+    learn = None if a.learn is None else tuple(x for x in a.learn.split(",") if x)
+    import torch
+
+    from odediff.tune import LEARN, tune_grid
+    from odediff.zoo import load
+
+    if learn is not None and (not learn or set(learn) - set(LEARN)):
+        raise UsageError(f"argument --learn: expected some of {','.join(LEARN)} (commas), got {a.learn!r}")
+    torch.set_num_threads(a.threads)
+    g = tune_grid(load(a.model), a.nfe, a.solver, a.noises, holdout=a.holdout, learn=learn,
+                  iterations=a.iterations, seed=a.seed, model_name=a.model)  # fmt: skip
+    g.save(a.out)
+    print(
+        f"{a.model} {g.solver} nfe={g.nfe}: RMSE {g.train_error:.4g} on the training noises, "
+        f"{g.holdout_error:.4g} held out (default {g.default_error:.4g}); {g.seconds:.0f} s, "
+        f"{g.cost_nfe} evaluations -> {a.out}"
+    )
+
+
 def _solver_help() -> str:
     return (
         f"solver: {', '.join(SOLVER_NAMES)} or torchdiffeq:METHOD (e.g. torchdiffeq:dopri5); "
@@ -776,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  odediff encode digit.png --out z.pt --solver euler --nfe 50\n"
             "  odediff decode z.pt --out back.png\n"
             "  odediff likelihood digit.png --model digits\n"
-            "  odediff bench nfe --model gmm-digits --out out/nfe\n\n"
+            "  odediff bench nfe --model gmm-digits --out out/nfe\n"
+            "  odediff tune --model digits --nfe 5 --out digits_nfe5.json\n\n"
             "`odediff COMMAND --help` describes each command."
         ),
         formatter_class=fmt,
@@ -865,6 +889,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lk.add_argument("--invert", action="store_true", help="dark-on-light image: map dark to +1")
     lk.set_defaults(run=_likelihood, parser=lk)
+
+    t = sub.add_parser(
+        "tune", help="tune a solver (grid and multistep weights) to a built-in model at one NFE (JSON)",
+        description="Learn the σ grid and adams' multistep weights against a reference solve of training "
+        "noises (odediff.tune_grid); use the result with odediff.TunedGrid.load(FILE).kwargs().",
+        epilog="example:\n  odediff tune --model digits --nfe 5 --out digits_nfe5.json", formatter_class=fmt,
+    )  # fmt: skip
+    t.add_argument("--model", choices=MODEL_NAMES, default="digits", help="built-in model (default: digits)")
+    t.add_argument("--nfe", type=_whole(1, MAX_NFE), required=True, help="the budget to tune for")
+    t.add_argument("--out", required=True, help="the tuned solver, a .json file")
+    t.add_argument("--solver", choices=[n for n in SOLVER_NAMES if n not in ADAPTIVE], default="adams",
+                   help="fixed-step solver (default: adams; others tune their grid alone)")  # fmt: skip
+    t.add_argument("--learn", default=None, help="what to learn, some of grid,weights,times "
+                   "(default: grid,weights for adams, grid otherwise)")  # fmt: skip
+    t.add_argument("--noises", type=_whole(1), default=16, help="training noises (default: 16)")
+    t.add_argument(
+        "--holdout", type=_whole(1), default=16, help="held-out noises, to stop early (default: 16)"
+    )
+    t.add_argument("--iterations", type=_whole(1), default=400, help="most Adam steps (default: 400)")
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the noises (default: 0)")
+    t.add_argument("--threads", type=_whole(1), default=1, help="torch threads (default: 1)")
+    t.set_defaults(run=_tune, parser=t)
 
     b = sub.add_parser("bench", help="the studies: nfe (error vs NFE), quality (Fréchet distance vs NFE)")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="STUDY", parser_class=_Parser)

@@ -99,7 +99,7 @@ class CountedField:
 def interval(solver: Solver, s0: float, s1: float, xbar: Tensor, state: Any) -> StepGen:
     """One interval σ0 → σ1: the solver's step, or the σ = 0 rule (the module docstring)."""
     if s0 == 0.0 or s1 == 0.0:
-        eps = yield xbar, s0
+        eps = yield solver.zero_point(s0, xbar, state)
         return solver.to_zero(s0, s1, xbar, eps, state)
     return (yield from solver.step(s0, s1, xbar, state))
 

@@ -46,7 +46,7 @@ def to_eps(out: Tensor, x_t: Tensor, sigma: float, prediction: Prediction) -> Te
     """
     if prediction == "epsilon":
         return out
-    r = math.sqrt(1 + sigma * sigma)
+    r = _root(sigma)
     if prediction == "sample":
         return (x_t - out / r) * (r / sigma)
     if prediction == "v_prediction":
@@ -90,13 +90,20 @@ class EpsModel:
     def eps(self, xbar: Tensor, sigma: float) -> Tensor:
         # x_t = x̄/sqrt(1+σ²) in the state's precision, then in the network's dtype: x_t then
         # equals the caller's x_T exactly at σ_max (dividing a rounded x̄ would not)
-        x_t = xbar / math.sqrt(1 + sigma * sigma)
+        # σ may be a 0-d tensor that requires grad (a learned solver's time): ε is then
+        # differentiable in σ through x_t and t(σ)
+        x_t = xbar / _root(sigma)
         net = parameters_like(self.net)
         if net is not None and x_t.dtype != net[1]:
             x_t = x_t.to(net[1])
-        t = self.schedule.t_of_sigma(sigma, snap=self.snap_timesteps)
+        level = float(sigma.detach()) if isinstance(sigma, Tensor) else sigma
+        t = self.schedule.t_of_sigma(level, snap=self.snap_timesteps)
         t_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32  # half would round t
         t_batch = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
+        if isinstance(sigma, Tensor) and sigma.requires_grad and not self.snap_timesteps:
+            # t + (log σ − log σ.item())·dt/dlog σ: the same value, with t(σ)'s derivative
+            slope = self.schedule.t_slope(level)
+            t_batch = t_batch + ((sigma.log() - math.log(level)) * slope).to(t_dtype)
         out = self.net(x_t, t_batch, **self.net_kwargs)
         if not isinstance(out, Tensor):  # e.g. diffusers' UNet2DOutput
             out = getattr(out, "sample", None) if hasattr(out, "sample") else _first(out)
@@ -114,6 +121,11 @@ class EpsModel:
     def parameters_like(self) -> tuple[torch.device, torch.dtype] | None:
         """(device, dtype) of the network's first parameter, if it has any."""
         return parameters_like(self.net)
+
+
+def _root(sigma: float | Tensor) -> float | Tensor:
+    """sqrt(1 + σ²), for a float or a 0-d tensor σ."""
+    return (1 + sigma * sigma).sqrt() if isinstance(sigma, Tensor) else math.sqrt(1 + sigma * sigma)
 
 
 def _first(out: object) -> object:

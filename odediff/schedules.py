@@ -134,6 +134,12 @@ class DiscreteSchedule:
         t = i - 1 + (x - ls[i - 1]) / (ls[i] - ls[i - 1])
         return float(round(t)) if snap else t
 
+    def t_slope(self, sigma: float) -> float:
+        """dt/dlog σ of :meth:`t_of_sigma` at ``sigma`` (0 where t is clamped)."""
+        ls = self._log_sigmas
+        i = bisect.bisect_right(ls, math.log(sigma)) if sigma > 0 else 0
+        return 0.0 if i == 0 or i >= len(ls) else 1.0 / (ls[i] - ls[i - 1])
+
     def alpha_cumprod_of_sigma(self, sigma: Tensor | float) -> Tensor:
         """ᾱ = 1 / (1 + σ²)."""
         return 1 / (1 + torch.as_tensor(sigma, dtype=torch.float64) ** 2)

@@ -22,9 +22,9 @@ with a predictor of order ``order`` − 1 (1 at order 1).
 
 The default, ``adams`` of :data:`odediff.SOLVERS`, is order 3 with the corrector on the data
 prediction in log σ with exact weights: chosen on the zoo's trained networks and the mixture
-together (README, "How the defaults were chosen"). ``blend`` (one β_i per interval, e.g. found by
-:func:`odediff.tune_grid` with ``tune_weights=True``) mixes the orders of each step,
-b_i = β_i·b_i^(k) + (1 − β_i)·b_i^(k−1); any β keeps the step consistent (Σ_j b_ij = ∫ w du),
+together (README, "How the defaults were chosen"). ``blend`` (one β_i per interval) mixes the
+orders of each step, b_i = β_i·b_i^(k) + (1 − β_i)·b_i^(k−1); any β keeps the step consistent
+(Σ_j b_ij = ∫ w du),
 β_i = 1 is plain Adams. The b_ij are computed in float64 from the σ history the state carries
 (cached: grids repeat). After the interval touching σ = 0 the history starts afresh.
 """

@@ -66,6 +66,11 @@ class Solver:
     def step(self, s0: float, s1: float, xbar: Tensor, state: Any) -> StepGen:
         raise NotImplementedError
 
+    def zero_point(self, s0: float, xbar: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """Where the interval touching σ = 0 evaluates ε: (x̄, σ0), unless a solver feeds the
+        network another noise level (a learned solver's decoupled time)."""
+        return xbar, s0
+
     def to_zero(self, s0: float, s1: float, xbar: Tensor, eps: Tensor, state: Any) -> tuple[Tensor, Any]:
         """The interval touching σ = 0 with the one ε at its start: Euler, x̄ + (σ1 − σ0)·ε."""
         return xbar.add(eps, alpha=s1 - s0), state

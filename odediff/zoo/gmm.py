@@ -160,10 +160,12 @@ class GaussianMixture:
             raise TypeError(f"{name}: expected a floating-point tensor, got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(f"{name}: expected shape (batch, *{self.sample_shape}), got {tuple(x.shape)}")
-        sigma = float(sigma)
-        if not 0 <= sigma < math.inf:
-            raise ValueError(f"sigma: expected a finite σ ≥ 0, got {sigma}")
-        if sigma == 0 and self.eigenvalues[:, 0].min() == 0:
+        # a 0-d tensor σ (a learned solver's time, while tuning) stays one: log p is differentiable in it
+        level = float(sigma.detach()) if isinstance(sigma, Tensor) else float(sigma)
+        sigma = sigma if isinstance(sigma, Tensor) else level
+        if not 0 <= level < math.inf:
+            raise ValueError(f"sigma: expected a finite σ ≥ 0, got {level}")
+        if level == 0 and self.eigenvalues[:, 0].min() == 0:
             raise ValueError("sigma: σ = 0 needs non-singular covariances; this mixture has a singular one")
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         log_w, mu, d, u = self._params(dtype, x.device)
