@@ -261,3 +261,11 @@ def test_cli_tune(tmp_path, capsys):
     assert err.count("\n") == 1 and "error: nfe: adams at nfe=2 takes 2 intervals" in err
     assert main(["tune", "--nfe", "5", "--learn", "grid,steps", "--out", str(tmp_path / "t.json")]) == 2
     assert "argument --learn" in capsys.readouterr().err
+
+
+def test_a_search_that_never_improves_returns_the_consistent_start():
+    model = gmm_digits()  # a huge learning rate: every step makes the held-out error worse
+    g = odediff.tune_grid(model, nfe=5, noises=noises(8, 1), holdout=noises(8, 2), reference=cheap_reference,
+                          learn=("weights",), iterations=4, check=2, lr=50.0, progress=False)  # fmt: skip
+    start = multistep_weights("adams", make_grid(model.schedule, 5))
+    assert g.train_error == g.default_error and g.options["weights"] == start
