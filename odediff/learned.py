@@ -9,7 +9,9 @@ the exact solution of d(x̄/σ)/d(1/σ) = D for a D that is the weighted mean of
 step is consistent (a constant D is integrated exactly) whatever the weights. w_i = (1,) is DDIM;
 :func:`multistep_weights` gives the weights of any one-evaluation multistep solver (``adams``,
 its corrector folded in) on a grid, so a learned solver can start from the best training-free
-one. The interval into σ = 0 is the loop's one step x̂_0 = x̄ − σ_{n−1}·ε(τ_{n−1}).
+one. The interval into σ = 0 (r = 0) is x̂_0 = Σ_j w_{n−1,j}·D_{n−1−j}: with no last row of
+weights, x̂_0 = D_{n−1} = x̄ − σ_{n−1}·ε, the loop's plain final step; ``adams`` has one, because
+its last evaluation also corrects x̄ at σ_{n−1}.
 
 Decoupled times (as LD3 and AMED) feed the network a noise level τ_i other than the σ_i of the
 update. While tuning, σ_i, w_ij and τ_i may be 0-d tensors that require grad: the solve is then
@@ -49,7 +51,8 @@ class Learned(Solver):
     """The learned multistep solver of the module docstring, tied to its own grid ``sigmas``.
 
     ``weights[i]`` are step i's weights over D_i, D_{i−1}, … (at most i + 1 of them, summing to
-    1); there is one row per interval but the last. ``times`` (optional) are τ_0, …, τ_{n−1}.
+    1): one row per interval, or one per interval but the last (whose step is then x̂_0 = D_{n−1}).
+    ``times`` (optional) are τ_0, …, τ_{n−1}.
     """
 
     sigmas: tuple[Number, ...]
@@ -63,9 +66,10 @@ class Learned(Solver):
         n = len(sig) - 1
         if n < 1 or sig[-1] != 0 or any(b >= a for a, b in itertools.pairwise(sig)):
             raise ValueError(f"sigmas: expected a decreasing grid ending at 0, got {sig}")
-        if len(self.weights) != n - 1:
+        if len(self.weights) not in (n - 1, n):
             raise ValueError(
-                f"weights: expected {n - 1} rows (one per interval but the last), got {len(self.weights)}"
+                f"weights: expected {n - 1} or {n} rows (one per interval, the last one optional), "
+                f"got {len(self.weights)}"
             )
         for i, row in enumerate(self.weights):
             total = sum(scalar(w) for w in row)
@@ -118,7 +122,11 @@ class Learned(Solver):
         return xbar, self._time(state.index)
 
     def to_zero(self, s0, s1, xbar, eps, state: LearnedState):
-        return xbar - self.sigmas[state.index] * eps, LearnedState(state.index + 1)
+        i = state.index
+        d = xbar - self.sigmas[i] * eps
+        if i < len(self.weights):
+            d = sum(w * h for w, h in zip(self.weights[i], (d, *state.history)))
+        return d, LearnedState(i + 1)
 
     def to_json(self) -> dict[str, Any]:
         """Floats only (written with repr by ``json``, so they load back bit for bit)."""
@@ -143,7 +151,8 @@ def multistep_weights(
 ) -> tuple[tuple[float, ...], ...]:
     """The weights w_ij (module docstring) with which ``solver`` steps the grid ``sigmas``.
 
-    Found by running the solver's own steps on a probe: x̄_0 and D_0, D_1, … are the unit
+    One row per interval, the last included (x̂_0 = Σ_j w_{n−1,j}·D_{n−1−j}, r = 0). Found by
+    running the solver's own steps on a probe: x̄_0 and D_0, D_1, … are the unit
     vectors e_0, e_1, … (ε_i = (x̄_i − e_{i+1})/σ_i), so each x̄_i comes out as the coefficients of
     x̄_0 and the D's, and step i must be x̄_{i+1} = r_i·x̄_i + (1 − r_i)·Σ_j w_ij·e_{i−j+1}. A
     solver that evaluates ε more than once per interval, or whose steps are not of this form, is
@@ -158,7 +167,7 @@ def multistep_weights(
     x[0] = 1.0
     state = s.init(tuple(sig))
     rows = []
-    for i in range(n - 1):
+    for i in range(n):
         calls: list[float] = []
 
         def probe(xbar: Tensor, sigma: float, i: int = i, calls: list[float] = calls) -> Tensor:

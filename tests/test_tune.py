@@ -64,7 +64,7 @@ def test_learned_solver_with_adams_weights_is_adams(nfe, options):
 
 def test_multistep_weights_of_euler_are_ddim_and_runge_kutta_is_refused():
     grid = make_grid(gmm_digits().schedule, 6)
-    assert multistep_weights("euler", grid) == ((1.0,),) * 5
+    assert multistep_weights("euler", grid) == ((1.0,),) * 6
     with pytest.raises(ValueError, match="solver: heun evaluates ε at .* one evaluation per interval"):
         multistep_weights("heun", grid)
 
@@ -75,7 +75,7 @@ def test_learned_solver_checks_its_weights_grid_and_budget():
     ok = ((1.0,), (1.5, -0.5), (1.0, 0.0))
     with pytest.raises(ValueError, match=r"weights: row 1 must have 1 to 2 weights summing to 1"):
         Learned(grid, ((1.0,), (1.5, -0.4), (1.0,)))
-    with pytest.raises(ValueError, match="weights: expected 3 rows"):
+    with pytest.raises(ValueError, match="weights: expected 3 or 4 rows"):
         Learned(grid, ok[:2])
     with pytest.raises(ValueError, match="times: expected 4 network noise levels"):
         Learned(grid, ok, times=grid[:2])
@@ -119,7 +119,7 @@ def test_weights_were_learned_and_stay_consistent_to_round_off(tuned):
     _, g = tuned
     start = multistep_weights("adams", make_grid(gmm_digits().schedule, 5))
     rows = g.options["weights"]
-    assert len(rows) == 4 and rows != start
+    assert len(rows) == 5 and rows != start  # one row per interval, the final step's too
     for row in rows:
         assert abs(math.fsum(row) - 1) <= ROUND_OFF * max(map(abs, row)), row
 
