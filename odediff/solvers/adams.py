@@ -182,7 +182,7 @@ class Adams(Solver):
         Euler with the same ε, x̂_0 = x̄_corrected − σ_k·ε. (Euler in x̂_0 would return the
         network's x̂_0 at the predicted point and so drop the correction.) ε at σ = 0 joins
         no polynomial: the history restarts after it."""
-        if s0 != 0.0:
+        if s0 != 0.0 and self.corrector and state.sigmas:  # else there is nothing to correct
             xbar = self._correct(s0, xbar, eps, state)[0]
         return xbar.add(eps, alpha=s1 - s0), AdamsState(index=state.index + 1)
 
