@@ -11,6 +11,7 @@ over all 1000 steps, and real train data as the floor. See :func:`odediff.bench.
 
     python benchmarks/nfe_vs_quality.py --model digits gmm-digits            # out/nfe_vs_quality/<model>/
     python benchmarks/nfe_vs_quality.py --model gmm-digits --samples 1000 --nfes 5,10,20 --no-ddpm
+    python benchmarks/nfe_vs_quality.py --model all --no-ddpm --tuned         # + the shipped tuned solvers
     torchrun --nproc_per_node 2 benchmarks/nfe_vs_quality.py --model digits  # same files, 2 processes
 
 Writes per model: nfe_vs_quality.csv (one row per method and target NFE: counted nfe, n, fd, fd_se),
@@ -27,7 +28,9 @@ import time
 import torch
 
 from odediff import shard
-from odediff.bench.quality import N_SAMPLES, NFES, RESAMPLES, quality_models, quality_study
+from odediff.bench.quality import N_SAMPLES, NFES, RESAMPLES, default_methods, quality_models, quality_study
+
+TUNED_LABEL = 'odediff tuned (grid="tuned")'
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="out/nfe_vs_quality", help="output folder (one subfolder per model)")
     p.add_argument("--no-peers", action="store_true", help="odediff and iPNDM only (no diffusers)")
     p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM row (the slow one)")
+    p.add_argument("--tuned", action="store_true",
+                   help="add the tuned solver shipped for the model at each NFE that has one")  # fmt: skip
     p.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples per entry")
     p.add_argument("--chunk", type=int, default=250, help="samples per seeded chunk (the unit of sharding)")
     p.add_argument("--seed", type=int, default=0)
@@ -47,14 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     models = quality_models() if a.model == ["all"] else a.model
     nfes = [int(k) for k in a.nfes.split(",") if k.strip()]
+    methods = {**default_methods(), TUNED_LABEL: dict(grid="tuned")} if a.tuned else None
     rank, world = shard.init()
     try:
         for name in models:
             t0 = time.perf_counter()
             out = os.path.join(a.out, name)
             rows = quality_study(
-                out, model_name=name, n=a.samples, nfes=nfes, peers=not a.no_peers, ddpm=not a.no_ddpm,
-                resamples=a.resamples, chunk=a.chunk, seed=a.seed, progress=rank == 0,
+                out, model_name=name, n=a.samples, nfes=nfes, methods=methods, peers=not a.no_peers,
+                ddpm=not a.no_ddpm, resamples=a.resamples, chunk=a.chunk, seed=a.seed, progress=rank == 0,
             )  # fmt: skip
             if rows is not None:
                 with open(os.path.join(out, "nfe_vs_quality.md")) as f:
