@@ -742,15 +742,22 @@ def _tune(a: argparse.Namespace) -> None:
 
     if learn is not None and (not learn or set(learn) - set(LEARN)):
         raise UsageError(f"argument --learn: expected some of {','.join(LEARN)} (commas), got {a.learn!r}")
+    from odediff import shard
+
     torch.set_num_threads(a.threads)
-    g = tune_grid(load(a.model), a.nfe, a.solver, a.noises, holdout=a.holdout, learn=learn,
-                  iterations=a.iterations, seed=a.seed, model_name=a.model)  # fmt: skip
-    g.save(a.out)
-    print(
-        f"{a.model} {g.solver} nfe={g.nfe}: RMSE {g.train_error:.4g} on the training noises, "
-        f"{g.holdout_error:.4g} held out (default {g.default_error:.4g}); {g.seconds:.0f} s, "
-        f"{g.cost_nfe} evaluations -> {a.out}"
-    )
+    _, world = shard.init()  # under torchrun the noises are shared by the processes
+    try:
+        g = tune_grid(load(a.model), a.nfe, a.solver, a.noises, holdout=a.holdout, learn=learn,
+                      iterations=a.iterations, seed=a.seed, model_name=a.model)  # fmt: skip
+        if shard.is_main():
+            g.save(a.out)
+            print(
+                f"{a.model} {g.solver} nfe={g.nfe}: RMSE {g.train_error:.4g} on the training noises, "
+                f"{g.holdout_error:.4g} held out (default {g.default_error:.4g}); {g.seconds:.0f} s"
+                f"{f' on {world} processes' if world > 1 else ''}, {g.cost_nfe} evaluations -> {a.out}"
+            )
+    finally:
+        shard.finish()
 
 
 def _solver_help() -> str:

@@ -3,6 +3,7 @@
     rank, world = shard.init()        # gloo on CPU, nccl on CUDA; single process without torchrun
     mine = shard.share(n)             # this rank's items: one contiguous block of range(n)
     rows = shard.gather(results)      # rank 0: every rank's rows in item order; others: None
+    total = shard.reduce(t)           # every rank: the sum (or max) of every rank's t
     if shard.is_main(): write(rows)
     shard.finish()
 
@@ -18,7 +19,7 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["finish", "gather", "init", "is_main", "share"]
+__all__ = ["finish", "gather", "init", "is_main", "reduce", "share"]
 
 _owned = False  # whether init() created the process group (and finish() should destroy it)
 
@@ -104,6 +105,20 @@ def gather(t: Tensor) -> Tensor | None:
     if dist.get_rank() != 0:
         return None
     return torch.cat([p[:n] for p, (n, _, _) in zip(parts, meta)]).to(t.device)
+
+
+def reduce(t: Tensor, op: str = "sum") -> Tensor:
+    """Every rank's ``t`` reduced elementwise by ``op`` ("sum" or "max"), as a new tensor on every
+    rank (detached: no gradient flows through it); ``t`` itself without a process group."""
+    if op not in ("sum", "max"):
+        raise ValueError(f"op: expected 'sum' or 'max', got {op!r}")
+    if not _active():
+        return t
+    dist = _dist()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    out = t.detach().to(device, copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return out.to(t.device)
 
 
 def finish() -> None:

@@ -25,6 +25,13 @@ and the search stops when it has not improved for ``patience`` checks.
 
 **Grid only** (``learn=("grid",)``, any fixed-step solver): SciPy's Powell on θ, each loss a
 full solve (a dozen parameters; no derivative needed from the solver).
+
+**Over several processes** (``torchrun --nproc_per_node N``, :mod:`odediff.shard`): every rank
+draws all the noises, keeps one contiguous share of the training and of the held-out noises, and
+solves the reference and the candidates for its share alone. Every error is the global RMSE (the
+squared errors all-reduced), so every rank sees the same loss, takes the same Adam or Powell step
+and stops at the same check; Adam's gradients are summed over the ranks. The result equals one
+process's to round-off (the sums are taken in another order).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import shard
 from .api import sample
 from .grids import make_grid
 from .learned import Learned, multistep_weights, scalar
@@ -161,7 +169,32 @@ def _default_reference(model: Model, noise: Tensor) -> tuple[Tensor, int]:
 
 
 def _rmse(x: Tensor, truth: Tensor) -> Tensor:
-    return (x.double() - truth.double()).square().mean().sqrt()
+    """The RMSE over every rank's noises (:mod:`odediff.shard`). Its value is the global one on every
+    rank; its gradient is that of this rank's share of the squared error, so the ranks' gradients
+    must be summed (as :func:`_search_learned` does) to give the global loss's."""
+    sse = (x.double() - truth.double()).square().sum()
+    both = shard.reduce(torch.stack([sse.detach(), sse.new_tensor(float(x.numel()))]))
+    return ((sse + (both[0] - sse.detach())) / both[1]).sqrt()
+
+
+def _largest(nfe: int) -> int:
+    """The largest of the ranks' counts. An evaluation serves a rank's whole batch and the ranks
+    evaluate side by side, so a reference solve costs what its largest batch count is (as in one
+    process, where the batch is all the noises); the searches' fixed-step solves cost the same on
+    every rank."""
+    return int(shard.reduce(torch.tensor(float(nfe), dtype=torch.float64), "max"))
+
+
+def _share(x: Tensor | None, name: str) -> Tensor | None:
+    """This rank's contiguous share of the noises ``x`` (all of them in one process)."""
+    if x is None:
+        return None
+    mine = shard.share(len(x))
+    if not mine:
+        raise ValueError(
+            f"{name}: {len(x)} noises cannot be shared by {shard.size()} processes; give at least one each"
+        )
+    return x[mine.start : mine.stop]
 
 
 def tune_grid(
@@ -211,11 +244,13 @@ def tune_grid(
     gen = torch.Generator().manual_seed(seed)
     train = _noises(model, noises, gen, "noises", None)
     held = None if holdout is None else _noises(model, holdout, gen, "holdout", train)
+    train, held = _share(train, "noises"), _share(held, "holdout")  # drawn in full, so any split agrees
     truth, spent = reference(model, train)
+    spent = _largest(spent)
     held_truth = None
     if held is not None:
         held_truth, c = reference(model, held)
-        spent += c
+        spent += _largest(c)
     sched = model.schedule
     bounds = (sched.sigma_max, sched.sigma_min)
     base = make_grid(sched, n)
@@ -260,7 +295,7 @@ def _search_grid(model, s, base, theta0, bounds, learn, train, truth, held, held
         return e if math.isfinite(e) else 1e6
 
     default = error(base, train, truth)
-    bar = tqdm(total=cfg["evaluations"], desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=cfg["evaluations"], desc=desc, disable=not (progress and shard.is_main()), leave=False)
     best = [default]
 
     def loss(theta: np.ndarray) -> float:
@@ -321,7 +356,7 @@ def _search_learned(
     default = error(start, train, truth, False).item()
     best = (error(start, held, held_truth, False).item() if held is not None else default, start, default)
     stale = 0
-    bar = tqdm(total=cfg["iterations"], desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=cfg["iterations"], desc=desc, disable=not (progress and shard.is_main()), leave=False)
     try:
         for it in range(1, cfg["iterations"] + 1):
             opt.zero_grad()
@@ -329,6 +364,9 @@ def _search_learned(
             if not torch.isfinite(loss):
                 break
             loss.backward()
+            for p in params:  # each rank's backward saw its share only (see _rmse)
+                if p.grad is not None:
+                    p.grad = shard.reduce(p.grad)
             opt.step()
             sched.step()
             bar.update(1)

@@ -101,3 +101,79 @@ def test_two_processes_write_what_one_writes(tmp_path):
     # the quality study: 3 chunks of 10, 10 and 5 samples; a stochastic row (DDIM η = 1) included
     quality = (one / "nfe_vs_quality.csv").read_text()
     assert all(s in quality for s in ("odediff adams", "DDIM η = 1", "iPNDM karras", "real train data"))
+
+
+TUNE_SCRIPT = """
+import sys
+import torch
+torch.set_num_threads(1)
+import odediff
+from odediff import shard
+from odediff.zoo import gmm_digits
+
+def reference(model, x):
+    with torch.no_grad():
+        out, info = odediff.sample(model, x, nfe=200, return_info=True)
+    return out, info.nfe
+
+shard.init()
+model = gmm_digits()
+runs = {
+    "adams": dict(nfe=5, iterations=12, check=3, patience=8),
+    "heun": dict(nfe=7, evaluations=40),
+}
+for solver, kw in runs.items():
+    g = odediff.tune_grid(model, solver=solver, noises=5, holdout=3, reference=reference, progress=False,
+                          model_name="gmm-digits", **kw)
+    if shard.is_main():
+        g.save(f"{sys.argv[1]}/{solver}.json")
+shard.finish()
+"""
+
+
+def _numbers(v):
+    """Every number of a JSON value, in order (lists and dicts flattened)."""
+    if isinstance(v, dict):
+        return [x for k in sorted(v) for x in _numbers(v[k])]
+    if isinstance(v, list):
+        return [x for e in v for x in _numbers(e)]
+    return [float(v)] if isinstance(v, (int, float)) and not isinstance(v, bool) else []
+
+
+@pytest.mark.skipif(not _gloo(), reason="torch.distributed with gloo is not available")
+def test_tuning_on_two_processes_gives_the_one_process_solver(tmp_path):
+    """5 training and 3 held-out noises over 2 ranks (shares of 2 + 3 and 1 + 2): adams by Adam
+    through the solve (gradients summed over the ranks) and heun's grid by Powell (the global error
+    on every rank). Only the order of the sums differs, so the solvers agree to round-off; Powell's
+    search is kept short enough that round-off cannot turn one of its comparisons."""
+    import json
+
+    script = tmp_path / "tune.py"
+    script.write_text(TUNE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    pipes = dict(env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(one)], **pipes),
+        subprocess.Popen([*launcher, str(script), str(two)], **pipes),
+    ]
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
+        assert p.returncode == 0, err[-2000:]
+    for solver in ("adams", "heun"):
+        a, b = (json.loads((d / f"{solver}.json").read_text()) for d in (one, two))
+        a.pop("seconds"), b.pop("seconds")
+        assert a.keys() == b.keys() and a["cost_nfe"] == b["cost_nfe"]
+        assert a["train_error"] < a["default_error"]  # it tuned something
+        x, y = _numbers(a), _numbers(b)
+        assert len(x) == len(y) and len(x) >= 10
+        gap = max(abs(u - v) / max(abs(u), 1e-3) for u, v in zip(x, y))
+        print(f"{solver}: {len(x)} numbers, largest relative difference {gap:.1e}")
+        assert gap < 1e-9, solver
