@@ -62,6 +62,31 @@ def _gloo() -> bool:
     return dist.is_available() and dist.is_gloo_available()
 
 
+def _one_and_two_processes(tmp_path, text: str, timeout: float):
+    """Run the script ``text`` with an output folder argument, in one process and under torchrun
+    with 2 (both at once: the single-process run costs no extra wall time); the two folders."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    pipes = dict(env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(one)], **pipes),
+        subprocess.Popen([*launcher, str(script), str(two)], **pipes),
+    ]
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
+        assert p.returncode == 0, err[-2000:]
+    return one, two
+
+
 @pytest.mark.skipif(not _gloo(), reason="torch.distributed with gloo is not available")
 def test_two_processes_write_what_one_writes(tmp_path):
     """Noise i is the same tensor row and goes through the same chunk (chunks of 2 noises: 5 noises
@@ -70,25 +95,7 @@ def test_two_processes_write_what_one_writes(tmp_path):
     order: so the files must agree bit for bit, not just to a tolerance. The per-noise CSV would
     also catch a gather that returned the rows in another order. The quality study's chunks of
     samples have their own seeds and rank 0 computes every distance, so its files agree too."""
-    script = tmp_path / "study.py"
-    script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    one, two = tmp_path / "one", tmp_path / "two"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    pipes = dict(env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # both at once: the single-process run costs no extra wall time
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(one)], **pipes),
-        subprocess.Popen([*launcher, str(script), str(two)], **pipes),
-    ]
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            raise
-        assert p.returncode == 0, err[-2000:]
+    one, two = _one_and_two_processes(tmp_path, SCRIPT, timeout=180)
 
     for name in ("nfe_vs_error.csv", "nfe_vs_error_per_noise.csv", "nfe_vs_error.md", "nfe_vs_quality.csv",
                  "nfe_vs_quality.md"):  # fmt: skip
@@ -148,25 +155,7 @@ def test_tuning_on_two_processes_gives_the_one_process_solver(tmp_path):
     search is kept short enough that round-off cannot turn one of its comparisons."""
     import json
 
-    script = tmp_path / "tune.py"
-    script.write_text(TUNE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    pipes = dict(env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(one)], **pipes),
-        subprocess.Popen([*launcher, str(script), str(two)], **pipes),
-    ]
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            raise
-        assert p.returncode == 0, err[-2000:]
+    one, two = _one_and_two_processes(tmp_path, TUNE_SCRIPT, timeout=240)
     for solver in ("adams", "heun"):
         a, b = (json.loads((d / f"{solver}.json").read_text()) for d in (one, two))
         a.pop("seconds"), b.pop("seconds")
