@@ -80,6 +80,11 @@ def share(n: int) -> range:
     return block(n, rank(), size())
 
 
+def _device(t: Tensor) -> torch.device:
+    """Where a collective must hold ``t``: nccl works on this rank's GPU only, gloo anywhere."""
+    return torch.device("cuda", torch.cuda.current_device()) if _dist().get_backend() == "nccl" else t.device
+
+
 def gather(t: Tensor) -> Tensor | None:
     """Every rank's ``t`` concatenated along dim 0 in rank order (= item order) on rank 0; None
     elsewhere. Ranks may hold different numbers of rows; the other dimensions and the dtype must
@@ -96,7 +101,7 @@ def gather(t: Tensor) -> Tensor | None:
     tail, dtype = next(iter(kinds))
     dtype = getattr(torch, dtype.removeprefix("torch."))
     rows = max(n for n, _, _ in meta)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    device = _device(t)
     # all_gather needs equal sizes: pad every rank's rows to the longest, trim after
     padded = torch.zeros((rows, *tail), dtype=dtype, device=device)
     padded[: t.shape[0]] = t.to(device=device, dtype=dtype)
@@ -115,7 +120,7 @@ def reduce(t: Tensor, op: str = "sum") -> Tensor:
     if not _active():
         return t
     dist = _dist()
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    device = _device(t)
     out = t.detach().to(device, copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return out.to(t.device)
