@@ -195,3 +195,21 @@ def test_study_rows_hold_every_peer_at_its_counted_nfe(tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and "fd_boot" not in table[0] and "fd_se" in table[0]
     assert (tmp_path / "nfe_vs_quality.png").stat().st_size > 10_000
+
+
+def test_photo_patches_are_judged_against_the_train_photos():
+    """The held-out photos are other scenes: the reference is the train patches, against which n
+    of them sit at the sample-size floor and a blur or the held-out photos are far."""
+    space = feature_space("photos", (1, 16, 16))
+    from odediff.zoo.photos import load_patches
+
+    train, test = load_patches("train")[0], load_patches("test")[0]
+    assert torch.equal(space.reference(), train)
+    ref = FrechetReference(space.features(train))
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:1000]
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 16).view(1, 1, 3, 3)
+    blurred = torch.nn.functional.conv2d(train[pick], kernel, padding=1)
+    floor, blur = ref.distance(space.features(train[pick])), ref.distance(space.features(blurred))
+    other = ref.distance(space.features(test[:1000]))
+    assert floor < 2 and blur > 10 * floor and other > 50 * floor, (floor, blur, other)
