@@ -5,10 +5,11 @@
 
 Tuning (``--ship``, or ``--out`` for elsewhere): ``odediff.tune_grid`` on ``--train`` noises and
 ``--holdout`` noises (seed 1; the reference solves are made once per network and reused for
-every NFE). Measuring: RMSE of x_0 on the NFE study's noises (seed 0, 16, the float64 network,
-against its knot reference), which the tuning never saw, for the default ``adams``, the tuned
-solver and the best peer of ``nfe_error_study``'s CSV in ``--study/<model>/`` (run the study at
-these NFEs first: it is what ``benchmarks/nfe_vs_error.py`` writes).
+every NFE). Measuring: RMSE of x_0 on the NFE study's ``--noises`` noises (seed 0, default 32,
+the float64 network, against its knot reference), which the tuning never saw, for the default
+``adams``, the tuned solver and the best peer of ``nfe_error_study``'s CSV in ``--study/<model>/``
+(run the study first on as many noises, e.g. ``python benchmarks/nfe_vs_error.py --model all
+--methods default --noises 32 --nfes 4,5,6,8,10 --check 0 --out out/study``).
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ def peers(study: str, name: str) -> list[dict]:
     return rows
 
 
-def measure(name: str, nfes: list[int], study: str, folder: Path) -> list[str]:
+def measure(name: str, nfes: list[int], study: str, folder: Path, noises: int = 32) -> list[str]:
     model, _ = load_problem(name)  # float64, as the study's peers
     gen = torch.Generator().manual_seed(0)
-    test = torch.randn(16, *model.sample_shape, dtype=torch.float64, generator=gen)
+    test = torch.randn(noises, *model.sample_shape, dtype=torch.float64, generator=gen)
     truth, _ = default_reference(model).solve(model, test)
     rows, lines = peers(study, name), []
     for n in nfes:
@@ -93,8 +94,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="all", choices=("all", *TRAINED))
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10])
-    p.add_argument("--train", type=int, default=16, help="training noises (seed 1)")
-    p.add_argument("--holdout", type=int, default=16, help="held-out noises for early stopping (seed 1)")
+    p.add_argument("--train", type=int, default=64, help="training noises (seed 1)")
+    p.add_argument("--holdout", type=int, default=32, help="held-out noises for early stopping (seed 1)")
+    p.add_argument("--noises", type=int, default=32, help="the study's noises (seed 0) to measure on")
     p.add_argument("--iterations", type=int, default=400)
     p.add_argument("--learn", default="grid,weights")
     p.add_argument("--ship", action="store_true", help="tune and write the package's files")
@@ -111,7 +113,7 @@ def main() -> None:
     lines = ["| network | NFE | default adams | tuned | best peer | default ÷ peer | tuned ÷ peer | "
              "tuning (time, NFE) |", "|---" * 8 + "|"]  # fmt: skip
     for name in names:
-        lines += measure(name, a.nfe, a.study, folder)
+        lines += measure(name, a.nfe, a.study, folder, a.noises)
     print("\n".join(lines))
 
 
