@@ -233,7 +233,7 @@ def _photos_space() -> FeatureSpace | None:
     except ImportError:
         return None
     # Against the train photos' patches, not the held-out photos': those are other scenes (their
-    # distance to the train patches is ≈ 159 in these features), so a distance to them rewards
+    # distance to the train patches is 174 in these features), so a distance to them rewards
     # samples that are off the model's distribution, and it grew with NFE for every sampler. The
     # train patches are the distribution the model learned, as FID's CIFAR-10 train set.
     return FeatureSpace(
