@@ -7,7 +7,9 @@ and any ``digits-*``; the patch classifier for ``photos`` where it is installed)
 standard error over the generated samples. Rows: odediff's default and a few configurations of the
 NFE-vs-error study, iPNDM on three grids, the error study's diffusers schedulers (each by its own
 loop; a scheduler that cannot spend an NFE exactly is shown at the count it spent), DDPM ancestral
-over all 1000 steps, and real train data as the floor. See :func:`odediff.bench.quality.quality_study`.
+over all 1000 steps, the ODE's own samples (the default at NFE 200: what an exact solve gives; a
+sampler below it is off the ODE), and real train data as the floor. See
+:func:`odediff.bench.quality.quality_study`.
 
     python benchmarks/nfe_vs_quality.py --model digits gmm-digits            # out/nfe_vs_quality/<model>/
     python benchmarks/nfe_vs_quality.py --model gmm-digits --samples 1000 --nfes 5,10,20 --no-ddpm
@@ -31,6 +33,7 @@ from odediff import shard
 from odediff.bench.quality import N_SAMPLES, NFES, RESAMPLES, default_methods, quality_models, quality_study
 
 TUNED_LABEL = 'odediff tuned (grid="tuned")'
+ODE_NFE = 200
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="out/nfe_vs_quality", help="output folder (one subfolder per model)")
     p.add_argument("--no-peers", action="store_true", help="odediff and iPNDM only (no diffusers)")
     p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM row (the slow one)")
+    p.add_argument("--ode-nfe", type=int, default=ODE_NFE,
+                   help=f"the default's NFE standing for an exact solve (0: none; {ODE_NFE})")  # fmt: skip
     p.add_argument("--tuned", action="store_true",
                    help="add the tuned solver shipped for the model at each NFE that has one")  # fmt: skip
     p.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples per entry")
@@ -60,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             out = os.path.join(a.out, name)
             rows = quality_study(
                 out, model_name=name, n=a.samples, nfes=nfes, methods=methods, peers=not a.no_peers,
-                ddpm=not a.no_ddpm, resamples=a.resamples, chunk=a.chunk, seed=a.seed, progress=rank == 0,
+                ddpm=not a.no_ddpm, ode_nfe=a.ode_nfe or None, resamples=a.resamples, chunk=a.chunk,
+                seed=a.seed, progress=rank == 0,
             )  # fmt: skip
             if rows is not None:
                 with open(os.path.join(out, "nfe_vs_quality.md")) as f:

@@ -12,6 +12,7 @@ import torch
 from odediff.bench.quality import (
     EXACT_LABEL,
     FLOOR_LABEL,
+    ODE_LABEL,
     FrechetReference,
     default_methods,
     digits_frechet,
@@ -195,6 +196,19 @@ def test_study_rows_hold_every_peer_at_its_counted_nfe(tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and "fd_boot" not in table[0] and "fd_se" in table[0]
     assert (tmp_path / "nfe_vs_quality.png").stat().st_size > 10_000
+
+
+def test_the_ode_row_is_the_default_solve_at_its_budget(tmp_path):
+    kw = dict(model_name="gmm-digits", n=24, ipndm=(), peers=False, ddpm=False, resamples=20, chunk=10)
+    rows = quality_study(str(tmp_path), nfes=(4, 6), methods=None, ode_nfe=6, progress=False, **kw)
+    ode = [r for r in rows if r["family"] == "ode"]
+    assert [(r["method"], r["target"], r["nfe"]) for r in ode] == [(ODE_LABEL.format(6), 6, 6)]
+    same = next(r for r in rows if r["method"] == DEFAULT_LABEL and r["target"] == 6)
+    assert ode[0]["fd"] == same["fd"] and np.array_equal(ode[0]["fd_boot"], same["fd_boot"])
+    assert ODE_LABEL.format(6) in (tmp_path / "nfe_vs_quality.md").read_text()
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="ode_nfe"):
+            quality_study(None, nfes=(4,), ode_nfe=bad, **kw)
 
 
 def test_photo_patches_are_judged_against_the_train_photos():

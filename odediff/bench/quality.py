@@ -43,6 +43,7 @@ __all__ = [
     "IPNDM_GRIDS",
     "NFES",
     "N_SAMPLES",
+    "ODE_LABEL",
     "RESAMPLES",
     "FeatureSpace",
     "FrechetReference",
@@ -71,6 +72,7 @@ IPNDM_GRIDS = ("karras", "log_snr", "uniform_t")
 DDPM_LABEL = "DDPM ancestral (all 1000 steps)"
 FLOOR_LABEL = "real train data (floor)"
 EXACT_LABEL = "exact samples of the model (what an exact solve gives)"
+ODE_LABEL = "the ODE's own samples (default adams, NFE {})"
 # odediff configurations of the error study shown beside its default (which comes first)
 _PICKS = ("odediff adams 2 fixed, quadratic_t", "odediff euler", "odediff heun")
 
@@ -301,12 +303,12 @@ def default_methods() -> dict[str, dict[str, Any]]:
 @dataclass
 class _Job:
     label: str
-    family: str  # "odediff", "peer" (diffusers and iPNDM) or "ddpm"
+    family: str  # "odediff", "peer" (diffusers and iPNDM), "ddpm" or "ode"
     targets: list[int]  # the target NFEs this run stands for (peers: targets may share a run)
     run: Callable[[Tensor, torch.Generator], tuple[Tensor, int]]
 
 
-def _jobs(model, methods, ipndm: Iterable[str], peers: Mapping[str, Peer], nfes: list[int], ddpm: bool):
+def _jobs(model, methods, ipndm, peers: Mapping[str, Peer], nfes: list[int], ddpm: bool, ode_nfe: int | None):
     jobs: list[_Job] = []
     for label, kw in methods.items():
         for n in nfes:
@@ -347,10 +349,17 @@ def _jobs(model, methods, ipndm: Iterable[str], peers: Mapping[str, Peer], nfes:
             return x0, info.nfe
 
         jobs.append(_Job(DDPM_LABEL, "ddpm", [T], run_ddpm))
+    if ode_nfe:
+
+        def run_ode(x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
+            x0, info = sample(model, x, nfe=ode_nfe, return_info=True)
+            return x0, info.nfe
+
+        jobs.append(_Job(ODE_LABEL.format(ode_nfe), "ode", [ode_nfe], run_ode))
     return jobs
 
 
-def _setup(model_name, methods, ipndm, peers, nfes, ddpm):
+def _setup(model_name, methods, ipndm, peers, nfes, ddpm, ode_nfe=None):
     from ..zoo import load
 
     model = load(model_name)
@@ -362,7 +371,7 @@ def _setup(model_name, methods, ipndm, peers, nfes, ddpm):
             raise ImportError("peers: diffusers is not installed; pass peers=False") from None
         peers = PEERS
     methods = default_methods() if methods is None else methods
-    return model, space, _jobs(model, methods, list(ipndm), peers or {}, nfes, ddpm)
+    return model, space, _jobs(model, methods, list(ipndm), peers or {}, nfes, ddpm, ode_nfe)
 
 
 def _chunk_seed(seed: int, c: int) -> int:
@@ -397,6 +406,7 @@ def quality_study(
     ipndm: Iterable[str] = IPNDM_GRIDS,
     peers: bool | Mapping[str, Peer] = True,
     ddpm: bool = True,
+    ode_nfe: int | None = None,
     resamples: int = RESAMPLES,
     chunk: int = 250,
     seed: int = 0,
@@ -409,7 +419,9 @@ def quality_study(
     :func:`default_methods`), iPNDM on each grid family of ``ipndm``, every diffusers scheduler of
     ``peers`` (True: :data:`.study.PEERS`; needs diffusers) driven by its own loop
     (:func:`.study.run_peer`), optionally DDPM ancestral sampling over all T steps (``ddim`` with
-    η = 1 on the timesteps T−1, …, 0), the floor: the distance of min(n, all) real train images, and
+    η = 1 on the timesteps T−1, …, 0), optionally the ODE's own samples (the default solver at
+    ``ode_nfe`` evaluations, standing in for the exact solution: on the zoo networks every solver's
+    distance has settled well before NFE 200), the floor: the distance of min(n, all) real train images, and
     for a model that can sample its own distribution exactly (``sample_data``, e.g. the Gaussian
     mixture) the distance of n exact samples: what an exact solve of the ODE would reach. There, a
     sampler that lands below it is further from the model, not closer to the data's quality.
@@ -444,7 +456,9 @@ def quality_study(
             f"n, chunk, resamples, nfes: expected n ≥ 2, chunk ≥ 1, resamples ≥ 2 and positive NFE, got "
             f"{n}, {chunk}, {resamples}, {nfes}"
         )
-    model, space, jobs = _setup(model_name, methods, ipndm, peers, nfes, ddpm)
+    if ode_nfe is not None and (isinstance(ode_nfe, bool) or not isinstance(ode_nfe, int) or ode_nfe < 1):
+        raise ValueError(f"ode_nfe: expected None or a positive whole number of evaluations, got {ode_nfe!r}")
+    model, space, jobs = _setup(model_name, methods, ipndm, peers, nfes, ddpm, ode_nfe)
 
     rows = _sharded(model_name, model, space, jobs, [n], chunk, seed, resamples, progress)
     if rows is not None and out_dir is not None:
@@ -637,6 +651,12 @@ def _write(rows: list[dict[str, Any]], out_dir: str, nfes: Sequence[int], title:
             "below them is further from the model, not better)."
             if any(r["method"] == EXACT_LABEL for r in rows)
             else "."
+        )
+        + (
+            " The ODE's own samples (the default at many evaluations) stand for an exact solve: a "
+            "sampler below them is off the ODE, not closer to it."
+            if any(r["family"] == "ode" for r in rows)
+            else ""
         ),
         "",
         quality_markdown(rows, nfes),
@@ -653,7 +673,7 @@ def _write(rows: list[dict[str, Any]], out_dir: str, nfes: Sequence[int], title:
 
 def plot_quality(rows: list[dict[str, Any]], path: str, nfes: Sequence[int], title: str = "") -> None:
     """Fréchet distance vs counted NFE (log-log) with ±1 SE error bars: odediff solid, peers dashed,
-    the default bold; DDPM (all steps) and the floor as horizontal bands (± SE)."""
+    the default bold; DDPM (all steps), the ODE's own samples and the floor as horizontal bands (± SE)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -676,7 +696,8 @@ def plot_quality(rows: list[dict[str, Any]], path: str, nfes: Sequence[int], tit
         )  # fmt: skip
     for r in rows:
         band = {DDPM_LABEL: "tab:red", FLOOR_LABEL: "0.55", EXACT_LABEL: "tab:cyan"}.get(r["method"])
-        if r["family"] in ("ddpm", "data") and band is not None:
+        band = "tab:olive" if r["family"] == "ode" else band
+        if r["family"] in ("ddpm", "data", "ode") and band is not None:
             ax.axhspan(r["fd"] - r["fd_se"], r["fd"] + r["fd_se"], color=band, alpha=0.3,
                        label=f"{r['method']}: {r['fd']:.3g} ± {r['fd_se']:.2g}")  # fmt: skip
     ax.set_xscale("log")
