@@ -111,7 +111,7 @@ def test_euler_reproduces_ddim_in_its_pipelines(unet, prediction, beta_schedule)
 def test_pipeline_spends_exactly_nfe_and_equals_sample(unet64, solver, nfe):
     ddpm = diffusers.DDPMScheduler()
     pipe = diffusers.DDPMPipeline(unet64, ddpm)
-    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver=solver, grid="quadratic_t")
+    pipe.scheduler = ODEScheduler.from_config(ddpm.config, solver=solver, grid=odediff.grids.DEFAULT_GRID)
     model = odediff.from_diffusers(unet64, diffusers.DDPMScheduler())
     with counted(unet64) as calls:
         ours = run(pipe, nfe)

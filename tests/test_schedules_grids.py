@@ -1,3 +1,4 @@
+import functools
 import math
 
 import pytest
@@ -71,11 +72,24 @@ def test_grid_shape(name, n):
     assert g[-1] == 0 and math.isclose(float(g[0]), s.sigma_max, rel_tol=1e-12)
     assert (g[1:] < g[:-1]).all()
     # trailing by default: the last positive point is one step of the family above σ_min
-    ref = grids.GRIDS[name](s, n + 1, sigma_last=s.sigma_min)
+    family = grids.GRIDS[name]
+    if name == "budget_t":  # the family of a budget is the t-power of that budget's p
+        family = functools.partial(grids.power_t, p=grids.budget_power(n))
+    ref = family(s, n + 1, sigma_last=s.sigma_min)
     assert torch.allclose(g[:-1], ref[:-2], rtol=1e-12)
     if n > 1:
         low = grids.make_grid(s, n, name, sigma_last=s.sigma_min)
         assert math.isclose(float(low[-2]), s.sigma_min, rel_tol=1e-12)
+
+
+def test_budget_t_is_the_t_power_of_its_budget():
+    s = DiscreteSchedule.linear()
+    powers = [grids.budget_power(n) for n in range(1, 12)]
+    assert powers == [1.25] * 5 + [1.75] + [2.0] * 5
+    for n in range(1, 12):
+        assert torch.equal(grids.budget_t(s, n), grids.power_t(s, n, p=powers[n - 1]))
+    assert torch.equal(grids.budget_t(s, 7), grids.quadratic_t(s, 7))
+    assert grids.DEFAULT_GRID == "budget_t"
 
 
 def test_grid_families():
