@@ -21,7 +21,7 @@ Training by the zoo's loop (:mod:`odediff.zoo.training`) on Nichol & Dhariwal's 
 would not be).
 
 Sampling: σ_max ≈ 2·10⁴ is far above the data scale, and grids uniform or quadratic in t jump from
-σ_max straight to σ ≈ 8–15 (``quadratic_t``, the default, at 25 intervals: 20291 → 7.8). Euler
+σ_max straight to σ ≈ 8–15 (``quadratic_t``, the default from 7 intervals on, at 25: 20291 → 7.8). Euler
 (DDIM) and Adams take that step exactly enough, but Heun's corrector multiplies the change of ε
 over the interval by Δσ/2 ≈ 10⁴ and diverges (72 % of pixels out of [−1, 1] at 51 NFE); on grids
 geometric in σ (``karras``, ``log_snr``) Heun is fine. Reproduce the embedded weights with
