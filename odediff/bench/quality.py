@@ -308,16 +308,18 @@ class _Job:
     run: Callable[[Tensor, torch.Generator], tuple[Tensor, int]]
 
 
+def _solve(model, n: int, kw: Mapping[str, Any]) -> Callable[[Tensor, torch.Generator], tuple[Tensor, int]]:
+    """A job's run: :func:`odediff.sample` with budget n and ``kw``, returning its counted NFE."""
+
+    def run(x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
+        x0, info = sample(model, x, nfe=n, generator=g, return_info=True, **kw)
+        return x0, info.nfe
+
+    return run
+
+
 def _jobs(model, methods, ipndm, peers: Mapping[str, Peer], nfes: list[int], ddpm: bool, ode_nfe: int | None):
-    jobs: list[_Job] = []
-    for label, kw in methods.items():
-        for n in nfes:
-
-            def run(x: Tensor, g: torch.Generator, kw=kw, n=n) -> tuple[Tensor, int]:
-                x0, info = sample(model, x, nfe=n, generator=g, return_info=True, **kw)
-                return x0, info.nfe
-
-            jobs.append(_Job(label, "odediff", [n], run))
+    jobs = [_Job(label, "odediff", [n], _solve(model, n, kw)) for label, kw in methods.items() for n in nfes]
     for grid in ipndm:
         method = ipndm_method(grid)
         for n in nfes:
@@ -343,19 +345,9 @@ def _jobs(model, methods, ipndm, peers: Mapping[str, Peer], nfes: list[int], ddp
     if ddpm:
         T = model.schedule.T
         kw = dict(solver="ddim", eta=1.0, timesteps=torch.arange(T - 1, -1, -1))
-
-        def run_ddpm(x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
-            x0, info = sample(model, x, nfe=T, generator=g, return_info=True, **kw)
-            return x0, info.nfe
-
-        jobs.append(_Job(DDPM_LABEL, "ddpm", [T], run_ddpm))
+        jobs.append(_Job(DDPM_LABEL, "ddpm", [T], _solve(model, T, kw)))
     if ode_nfe:
-
-        def run_ode(x: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
-            x0, info = sample(model, x, nfe=ode_nfe, return_info=True)
-            return x0, info.nfe
-
-        jobs.append(_Job(ODE_LABEL.format(ode_nfe), "ode", [ode_nfe], run_ode))
+        jobs.append(_Job(ODE_LABEL.format(ode_nfe), "ode", [ode_nfe], _solve(model, ode_nfe, {})))
     return jobs
 
 
