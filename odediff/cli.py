@@ -30,8 +30,8 @@ SOLVER_NAMES = ("adams", "bdia", "belm", "ddim", "euler", "heun", "rk45")
 ADAPTIVE = ("rk45",)  # and every "torchdiffeq:METHOD" but the fixed-step ones
 TORCHDIFFEQ_FIXED = ("euler", "heun3", "midpoint", "rk4")  # one step per interval, planned from --nfe
 REVERSIBLE = ("bdia", "belm")
-GRID_NAMES = ("budget_t", "karras", "log_snr", "power_t", "quadratic_t", "uniform_t")
-DEFAULT_GRID = "budget_t"
+GRID_NAMES = ("auto", "budget_t", "karras", "log_snr", "power_t", "quadratic_t", "uniform_t")
+DEFAULT_GRID = "auto"
 MODEL_NAMES = ("digits", "digits-dit", "digits-seed1", "gmm-digits", "photos")
 
 SAMPLE_NFE = 10  # the default budgets of fixed-step solvers

@@ -189,7 +189,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         grid: ``"timestep_spacing"`` (the default): the source scheduler's timesteps for the
             solver's number of grid intervals (there ``solver="euler"`` is the source config's
             DDIM with η = 0, ending at σ = 0 as ``set_alpha_to_one=True``); or a grid family of
-            :data:`odediff.GRIDS` (``"budget_t"`` is :func:`odediff.sample`'s default).
+            :data:`odediff.GRIDS` (``"auto"`` is :func:`odediff.sample`'s default).
         sigmas: an explicit σ grid (e.g. a tuned one, ``odediff.tune``), decreasing; it fixes the
             budget, so ``num_inference_steps`` is not used. As EulerDiscreteScheduler's
             ``sigmas=``, n values are n − 1 steps; a grid not ending in 0 ends at its last σ.

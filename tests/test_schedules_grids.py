@@ -73,7 +73,7 @@ def test_grid_shape(name, n):
     assert (g[1:] < g[:-1]).all()
     # trailing by default: the last positive point is one step of the family above σ_min
     family = grids.GRIDS[name]
-    if name == "budget_t":  # the family of a budget is the t-power of that budget's p
+    if name in ("budget_t", "auto"):  # the family of a budget is the t-power of that budget's p
         family = functools.partial(grids.power_t, p=grids.budget_power(n))
     ref = family(s, n + 1, sigma_last=s.sigma_min)
     assert torch.allclose(g[:-1], ref[:-2], rtol=1e-12)
@@ -89,7 +89,21 @@ def test_budget_t_is_the_t_power_of_its_budget():
     for n in range(1, 12):
         assert torch.equal(grids.budget_t(s, n), grids.power_t(s, n, p=powers[n - 1]))
     assert torch.equal(grids.budget_t(s, 7), grids.quadratic_t(s, 7))
-    assert grids.DEFAULT_GRID == "budget_t"
+
+
+def test_auto_chooses_by_the_schedules_top_noise_level():
+    """log σ on a schedule that ends with visible signal (σ_max ≤ 50), budget_t above."""
+    sd = DiscreteSchedule.scaled_linear()
+    assert sd.sigma_max < grids.LOW_SIGMA_MAX < DiscreteSchedule.linear().sigma_max
+    assert grids.DEFAULT_GRID == "auto"
+    for n in (1, 4, 6, 10):
+        assert torch.equal(grids.make_grid(sd, n), grids.log_snr(sd, n))
+        for far in (DiscreteSchedule.linear(), DiscreteSchedule.cosine()):
+            assert torch.equal(grids.make_grid(far, n), grids.budget_t(far, n))
+    last = 0.2
+    assert torch.equal(grids.auto(sd, 5, sigma_last=last), grids.log_snr(sd, 5, sigma_last=last))
+    with pytest.raises(ValueError, match="sigma_last"):
+        grids.auto(sd, 5, sigma_last=sd.sigma_max * 2)
 
 
 def test_grid_families():

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=None, help="samples (default: 500 digits, 1000 photos)")
     p.add_argument("--solver", default="heun")
     p.add_argument("--nfe", type=int, default=51)
-    p.add_argument("--grid", default=None, help="σ grid (default: odediff's default, budget_t)")
+    p.add_argument("--grid", default=None, help="σ grid (default: odediff's default, auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="folder for sample grids (PNG)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
