@@ -241,3 +241,26 @@ def test_blend_bad_input():
         Adams(blend=(1.0, float("nan")))
     with pytest.raises(ValueError, match=r"blend: expected one value per interval of the grid \(10\), got 3"):
         odediff.sample(gmm_digits(), torch.zeros(1, 1, 8, 8), nfe=10, blend=(1.0, 1.0, 1.0))
+
+
+def test_adams_short_order_on_a_short_grid_from_a_high_sigma_max():
+    """Four intervals or fewer from σ_max > 50: order 2 (``short_order``); else ``order``."""
+    from odediff.grids import make_grid
+    from odediff.schedules import DiscreteSchedule
+    from odediff.solvers.adams import SHORT, Adams
+
+    lin, sd = DiscreteSchedule.linear(), DiscreteSchedule.scaled_linear()
+    a = Adams()
+    assert a.order == 3 and SHORT == 4
+    assert [a.order_on(make_grid(lin, n)) for n in (2, 4, 5, 10)] == [2, 2, 3, 3]
+    assert a.order_on(make_grid(sd, 4)) == 3  # σ_max ≈ 14.6
+    assert Adams(short_order=None).order_on(make_grid(lin, 4)) == 3
+    assert Adams(order=4, short_order=1).order_on(make_grid(lin, 3)) == 1
+    # the same steps as order 2 throughout, bit for bit, and order 3 with the rule off
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = odediff.EpsModel(lambda x, t: torch.tanh(x) * (1 + t.reshape(-1, 1) / 1000), lin)
+    run = lambda **kw: odediff.sample(model, x, nfe=4, **kw)  # noqa: E731
+    assert torch.equal(run(solver="adams"), run(solver=Adams(order=2, short_order=None)))
+    assert not torch.equal(run(solver="adams"), run(solver=Adams(short_order=None)))
+    with pytest.raises(ValueError, match="short_order"):
+        Adams(short_order=5)

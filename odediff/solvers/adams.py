@@ -22,11 +22,12 @@ with a predictor of order ``order`` − 1 (1 at order 1).
 
 The default, ``adams`` of :data:`odediff.SOLVERS`, is order 3 with the corrector on the data
 prediction in log σ with exact weights: chosen on the zoo's trained networks and the mixture
-together (README, "How the defaults were chosen"). ``blend`` (one β_i per interval) mixes the
-orders of each step, b_i = β_i·b_i^(k) + (1 − β_i)·b_i^(k−1); any β keeps the step consistent
-(Σ_j b_ij = ∫ w du),
-β_i = 1 is plain Adams. The b_ij are computed in float64 from the σ history the state carries
-(cached: grids repeat). After the interval touching σ = 0 the history starts afresh.
+together (README, "How the defaults were chosen"); on a short grid from a high σ_max it runs at
+``short_order`` = 2 (:meth:`Adams.order_on`); ``.order`` is the order as the grid is refined.
+``blend`` (one β_i per interval) mixes the orders of each step, b_i = β_i·b_i^(k) +
+(1 − β_i)·b_i^(k−1); any β keeps the step consistent (Σ_j b_ij = ∫ w du), β_i = 1 is plain Adams.
+The b_ij are computed in float64 from the σ history the state carries (cached: grids repeat).
+After the interval touching σ = 0 the history starts afresh.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ from typing import ClassVar, Literal, NamedTuple
 import numpy as np
 from torch import Tensor
 
+from ..grids import LOW_SIGMA_MAX
 from .base import Solver, StepGen
 
-__all__ = ["Adams", "ab_weights"]
+__all__ = ["SHORT", "Adams", "ab_weights"]
+
+SHORT = 4  # grids of at most this many intervals use ``short_order``
 
 
 @cache
@@ -82,6 +86,7 @@ class AdamsState(NamedTuple):
     eps: tuple[Tensor, ...] = ()  # the ε history, newest first
     index: int = 0  # intervals stepped so far (which ``blend`` value applies)
     corrected: Tensor | None = None  # the corrector's x̄ at sigmas[0]
+    order: int = 3  # the order on this grid (:meth:`Adams.order_on`)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class Adams(Solver):
     corrector: bool = True
     blend: tuple[float, ...] = ()
     predict: Literal["eps", "x0"] = "x0"
+    short_order: int | None = 2
     name: ClassVar[str] = "adams"
 
     def __post_init__(self) -> None:
@@ -110,6 +116,10 @@ class Adams(Solver):
                 f"predict: 'x0' is the exponential-integrator form in log σ; with variable={self.variable!r} "
                 "pass predict='eps'"
             )
+        if self.short_order is not None and (
+            isinstance(self.short_order, bool) or self.short_order not in (1, 2, 3, 4)
+        ):
+            raise ValueError(f"short_order: expected None, 1, 2, 3 or 4, got {self.short_order!r}")
         if not isinstance(self.corrector, bool):
             raise ValueError(f"corrector: expected True or False, got {self.corrector!r}")
         try:  # a list (e.g. from a JSON file) becomes a tuple, so the solver stays hashable
@@ -126,7 +136,15 @@ class Adams(Solver):
                 f"blend: expected one value per interval of the grid ({len(sigmas) - 1}), "
                 f"got {len(self.blend)}"
             )
-        return AdamsState()
+        return AdamsState(order=self.order_on(sigmas))
+
+    def order_on(self, sigmas) -> int:
+        """The order used on a grid: ``short_order`` on a grid of at most :data:`SHORT` intervals
+        that reaches above σ = :data:`odediff.grids.LOW_SIGMA_MAX` (a linear or cosine schedule's
+        σ_max), else ``order``. With four evaluations the order-3 polynomial through x̂_0 at σ_max
+        and two low-noise points measured worse than order 2 on every such network (README)."""
+        short = self.short_order is not None and len(sigmas) - 1 <= SHORT
+        return self.short_order if short and max(map(float, sigmas)) > LOW_SIGMA_MAX else self.order
 
     def _weights(self, nodes: tuple[float, ...], lo: float, hi: float, index: int, moulton: bool):
         """Weights of ε at ``nodes`` (σ, newest first) for ∫ over σ ∈ [lo, hi]."""
@@ -137,17 +155,17 @@ class Adams(Solver):
     def coefficients(self, sigmas: tuple[float, ...], moulton: bool = False) -> tuple[tuple[float, ...], ...]:
         """Per interval of the grid, the weights :meth:`step` uses (newest ε first): Adams–Bashforth
         for σ_i → σ_{i+1}, or with ``moulton`` the corrector for σ_{i−1} → σ_i (empty if none)."""
-        out, hist = [], ()
+        out, hist, k = [], (), self.order_on(sigmas)
         for i, (s0, s1) in enumerate(itertools.pairwise(sigmas)):
             if s0 == 0 or s1 == 0:  # the interval touching 0: Euler, and the history restarts
                 out.append(() if moulton else (s1 - s0,))
                 hist = ()
                 continue
-            hist = (s0, *hist)[: self.order]
+            hist = (s0, *hist)[:k]
             if moulton:
                 out.append(self._weights(hist, hist[1], s0, i, True) if len(hist) > 1 else ())
             else:
-                out.append(self._weights(hist[: max(1, self.order - self.corrector)], s0, s1, i, False))
+                out.append(self._weights(hist[: self._ab(k)], s0, s1, i, False))
         return tuple(out)
 
     def step(self, s0, s1, xbar, state: AdamsState) -> StepGen:
@@ -157,17 +175,18 @@ class Adams(Solver):
         eps = yield xbar, s0
         xbar, sig, hist = self._correct(s0, xbar, eps, state)
         start = self._scaled(xbar, s0, s1)
-        out = _accumulate(start, self._weights(sig[: self._ab], s0, s1, state.index, False), hist)
-        return out, AdamsState(sig, hist, state.index + 1, xbar if self.corrector else None)
+        out = _accumulate(
+            start, self._weights(sig[: self._ab(state.order)], s0, s1, state.index, False), hist
+        )
+        return out, AdamsState(sig, hist, state.index + 1, xbar if self.corrector else None, state.order)
 
-    @property
-    def _ab(self) -> int:  # the predictor's order
-        return max(1, self.order - self.corrector)
+    def _ab(self, order: int) -> int:  # the predictor's order
+        return max(1, order - self.corrector)
 
     def _correct(self, s0: float, xbar: Tensor, eps: Tensor, state: AdamsState):
         """(x̄ at s0 corrected with the new ε, the σ history, the ε or x̂_0 history)."""
         value = xbar.add(eps, alpha=-s0) if self.predict == "x0" else eps  # x̂_0 = x̄ − σε
-        sig, hist = (s0, *state.sigmas)[: self.order], (value, *state.eps)[: self.order]
+        sig, hist = (s0, *state.sigmas)[: state.order], (value, *state.eps)[: state.order]
         if self.corrector and len(sig) > 1:
             start = self._scaled(state.corrected, sig[1], s0)
             xbar = _accumulate(start, self._weights(sig, sig[1], s0, state.index, True), hist)
@@ -184,7 +203,7 @@ class Adams(Solver):
         no polynomial: the history restarts after it."""
         if s0 != 0.0 and self.corrector and state.sigmas:  # else there is nothing to correct
             xbar = self._correct(s0, xbar, eps, state)[0]
-        return xbar.add(eps, alpha=s1 - s0), AdamsState(index=state.index + 1)
+        return xbar.add(eps, alpha=s1 - s0), AdamsState(index=state.index + 1, order=state.order)
 
 
 @lru_cache(maxsize=4096)
