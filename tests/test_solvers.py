@@ -259,7 +259,7 @@ def test_adams_short_order_on_a_short_grid_from_a_high_sigma_max():
     # the same steps as order 2 throughout, bit for bit, and order 3 with the rule off
     x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     model = odediff.EpsModel(lambda x, t: torch.tanh(x) * (1 + t.reshape(-1, 1) / 1000), lin)
-    run = lambda **kw: odediff.sample(model, x, nfe=4, **kw)  # noqa: E731
+    run = lambda **kw: odediff.sample(model, x, nfe=4, **kw)
     assert torch.equal(run(solver="adams"), run(solver=Adams(order=2, short_order=None)))
     assert not torch.equal(run(solver="adams"), run(solver=Adams(short_order=None)))
     with pytest.raises(ValueError, match="short_order"):
