@@ -82,11 +82,11 @@ def ab_weights(nodes: list[float], u_next: float, variable: str, start: float | 
 
 
 class AdamsState(NamedTuple):
+    order: int  # the order on this grid (:meth:`Adams.order_on`), fixed at init
     sigmas: tuple[float, ...] = ()  # σ of the ε history, newest first
     eps: tuple[Tensor, ...] = ()  # the ε history, newest first
     index: int = 0  # intervals stepped so far (which ``blend`` value applies)
     corrected: Tensor | None = None  # the corrector's x̄ at sigmas[0]
-    order: int = 3  # the order on this grid (:meth:`Adams.order_on`)
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,10 @@ class Adams(Solver):
     name: ClassVar[str] = "adams"
 
     def __post_init__(self) -> None:
-        if isinstance(self.order, bool) or self.order not in (1, 2, 3, 4):
+        if not _is_order(self.order):
             raise ValueError(f"order: expected 1, 2, 3 or 4, got {self.order!r}")
+        if self.short_order is not None and not _is_order(self.short_order):
+            raise ValueError(f"short_order: expected None, 1, 2, 3 or 4, got {self.short_order!r}")
         if self.variable not in ("sigma", "log_sigma", "index"):
             raise ValueError(f"variable: expected 'sigma', 'log_sigma' or 'index', got {self.variable!r}")
         if self.weights not in ("exact", "fixed"):
@@ -116,10 +118,6 @@ class Adams(Solver):
                 f"predict: 'x0' is the exponential-integrator form in log σ; with variable={self.variable!r} "
                 "pass predict='eps'"
             )
-        if self.short_order is not None and (
-            isinstance(self.short_order, bool) or self.short_order not in (1, 2, 3, 4)
-        ):
-            raise ValueError(f"short_order: expected None, 1, 2, 3 or 4, got {self.short_order!r}")
         if not isinstance(self.corrector, bool):
             raise ValueError(f"corrector: expected True or False, got {self.corrector!r}")
         try:  # a list (e.g. from a JSON file) becomes a tuple, so the solver stays hashable
@@ -136,7 +134,7 @@ class Adams(Solver):
                 f"blend: expected one value per interval of the grid ({len(sigmas) - 1}), "
                 f"got {len(self.blend)}"
             )
-        return AdamsState(order=self.order_on(sigmas))
+        return AdamsState(self.order_on(sigmas))
 
     def order_on(self, sigmas) -> int:
         """The order used on a grid: ``short_order`` on a grid of at most :data:`SHORT` intervals
@@ -178,7 +176,7 @@ class Adams(Solver):
         out = _accumulate(
             start, self._weights(sig[: self._ab(state.order)], s0, s1, state.index, False), hist
         )
-        return out, AdamsState(sig, hist, state.index + 1, xbar if self.corrector else None, state.order)
+        return out, AdamsState(state.order, sig, hist, state.index + 1, xbar if self.corrector else None)
 
     def _ab(self, order: int) -> int:  # the predictor's order
         return max(1, order - self.corrector)
@@ -203,7 +201,11 @@ class Adams(Solver):
         no polynomial: the history restarts after it."""
         if s0 != 0.0 and self.corrector and state.sigmas:  # else there is nothing to correct
             xbar = self._correct(s0, xbar, eps, state)[0]
-        return xbar.add(eps, alpha=s1 - s0), AdamsState(index=state.index + 1, order=state.order)
+        return xbar.add(eps, alpha=s1 - s0), AdamsState(state.order, index=state.index + 1)
+
+
+def _is_order(k) -> bool:
+    return not isinstance(k, bool) and k in (1, 2, 3, 4)
 
 
 @lru_cache(maxsize=4096)
