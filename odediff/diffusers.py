@@ -120,14 +120,17 @@ class _Run:
     from, and ``point`` = (x̄, σ) where it waits for ε (σ is None once the grid is done)."""
 
     def __init__(
-        self, solver: Solver, grid: tuple[float, ...], k: int, xbar: Tensor, state: Any, offset: int
-    ):
+        self, solver: Solver, grid: tuple[float, ...], k: int, xbar: Tensor, state: Any, offset: int,
+        sigma_min: float,
+    ):  # fmt: skip
         self.solver, self.grid, self.k, self.state, self.offset = solver, grid, k, state, offset
+        self.sigma_min = sigma_min
         self.point = self._begin(xbar)
 
     def _begin(self, xbar: Tensor) -> tuple[Tensor, float | None]:
         while self.k < len(self.grid) - 1:
-            self.gen = interval(self.solver, self.grid[self.k], self.grid[self.k + 1], xbar, self.state)
+            s0, s1 = self.grid[self.k], self.grid[self.k + 1]
+            self.gen = interval(self.solver, s0, s1, xbar, self.state, self.sigma_min)
             try:
                 return next(self.gen)
             except StopIteration as stop:  # an interval that needs no evaluation
@@ -669,7 +672,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             sig = tuple(float(v) for v in z.sigmas)
             state = solver.init(sig, carry=z.carry.to(sample.device, work), generator=generator)
             xbar = z.xT.to(sample.device, work) * math.sqrt(1 + sig[0] * sig[0])
-            self._run, self._index = _Run(solver, sig, 0, xbar, state, 0), 0
+            self._run, self._index = _Run(solver, sig, 0, xbar, state, 0, self.schedule.sigma_min), 0
             return
         k = self._begin_index
         if k is None:
@@ -692,7 +695,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         xbar = sample.to(work) * math.sqrt(1 + ev.sigma * ev.sigma)
         sig = tuple(float(v) for v in grid)
         state = solver.init(sig, nfe=nfe, generator=generator)
-        self._run, self._index = _Run(solver, sig, 0, xbar, state, k), k
+        self._run, self._index = _Run(solver, sig, 0, xbar, state, k, self.schedule.sigma_min), k
 
     # ---------------------------------------------------------------------------------- noising
     def _coefficients(self, timesteps: Tensor | float, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -96,11 +96,14 @@ class CountedField:
             )
 
 
-def interval(solver: Solver, s0: float, s1: float, xbar: Tensor, state: Any) -> StepGen:
-    """One interval σ0 → σ1: the solver's step, or the σ = 0 rule (the module docstring)."""
+def interval(
+    solver: Solver, s0: float, s1: float, xbar: Tensor, state: Any, sigma_min: float = 0.0
+) -> StepGen:
+    """One interval σ0 → σ1: the solver's step, or the σ = 0 rule (the module docstring), for a
+    model whose lowest noise level is ``sigma_min``."""
     if s0 == 0.0 or s1 == 0.0:
         eps = yield solver.zero_point(s0, xbar, state)
-        return solver.to_zero(s0, s1, xbar, eps, state)
+        return solver.to_zero(s0, s1, xbar, eps, state, sigma_min)
     return (yield from solver.step(s0, s1, xbar, state))
 
 
@@ -200,7 +203,7 @@ def integrate(
                 fld.step = i
                 s0, s1 = sig[i], sig[i + 1]
                 if controller is None or s0 == 0.0 or s1 == 0.0:
-                    xbar, state = drive(interval(solver, s0, s1, xbar, state), fld)
+                    xbar, state = drive(interval(solver, s0, s1, xbar, state, fld.sigma_min), fld)
                     advance(s1, xbar)
                     continue
                 # adaptive: trial steps within the interval, accepted by the controller

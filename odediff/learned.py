@@ -121,7 +121,7 @@ class Learned(Solver):
     def zero_point(self, s0, xbar, state: LearnedState) -> tuple[Tensor, Number]:
         return xbar, self._time(state.index)
 
-    def to_zero(self, s0, s1, xbar, eps, state: LearnedState):
+    def to_zero(self, s0, s1, xbar, eps, state: LearnedState, sigma_min=0.0):
         i = state.index
         d = xbar - self.sigmas[i] * eps
         if i < len(self.weights):
@@ -147,9 +147,10 @@ class Learned(Solver):
 
 
 def multistep_weights(
-    solver: str | Solver, sigmas: Tensor | list[float], **options
+    solver: str | Solver, sigmas: Tensor | list[float], sigma_min: float = 0.0, **options
 ) -> tuple[tuple[float, ...], ...]:
-    """The weights w_ij (module docstring) with which ``solver`` steps the grid ``sigmas``.
+    """The weights w_ij (module docstring) with which ``solver`` steps the grid ``sigmas`` for a
+    model whose lowest noise level is ``sigma_min`` (the final step may depend on it).
 
     One row per interval, the last included (x̂_0 = Σ_j w_{n−1,j}·D_{n−1−j}, r = 0). Found by
     running the solver's own steps on a probe: x̄_0 and D_0, D_1, … are the unit
@@ -176,7 +177,7 @@ def multistep_weights(
             unit[i + 1] = 1.0
             return (xbar - unit) / sigma
 
-        x_new, state = drive(interval(s, sig[i], sig[i + 1], x, state), probe)
+        x_new, state = drive(interval(s, sig[i], sig[i + 1], x, state, sigma_min), probe)
         if len(calls) != 1 or calls[0] != sig[i]:
             raise ValueError(f"solver: {s.name} evaluates ε at {calls} on interval {i}; multistep weights "
                              "exist for solvers with one evaluation per interval at its start")  # fmt: skip

@@ -322,7 +322,7 @@ def _search_learned(
     from tqdm.auto import tqdm
 
     n = len(base) - 1
-    rows = multistep_weights(s, base)
+    rows = multistep_weights(s, base, model.schedule.sigma_min)
     theta = theta0.clone().requires_grad_("grid" in learn)
     free = [torch.tensor(r[1:], dtype=torch.float64, requires_grad="weights" in learn) for r in rows]
     delta = torch.zeros(n - 1, dtype=torch.float64, requires_grad="times" in learn)

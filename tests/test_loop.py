@@ -11,6 +11,7 @@ import odediff
 from odediff import grids
 from odediff.integrate import drive, interval
 from odediff.solvers import SOLVERS, RungeKutta, get_solver
+from odediff.solvers.adams import EXTRAPOLATED
 
 
 def noise64(*shape, seed=0):
@@ -98,7 +99,8 @@ def test_the_step_into_zero_is_one_evaluation_at_its_start(gauss):
 
 
 def test_adams_last_evaluation_corrects_as_an_interior_step_would(gauss):
-    """The final step of ``adams`` is x̂_0 = x̄_c − σ_k·ε_k with x̄_c the corrected state at σ_k.
+    """The final step of ``adams`` (without its extrapolation, ``final=0``; next test) is
+    x̂_0 = x̄_c − σ_k·ε_k with x̄_c the corrected state at σ_k.
     An interior step to σ_k(1 + δ) starts from that same x̄_c: in x̂_0 form it returns
     (1 + δ)·x̄_c − δ·x̂_0,k + O(δ²), so x̄_c is recovered from it to O(δ²)."""
     x = noise64(3, 8)
@@ -116,16 +118,51 @@ def test_adams_last_evaluation_corrects_as_an_interior_step_would(gauss):
         def parameters_like(self):
             return None
 
-    final = odediff.sample(Recorded(), x, solver="adams", sigmas=grid)
+    final = odediff.sample(Recorded(), x, solver="adams", sigmas=grid, final=0.0)
     s_last, x_pred = seen[-1]
     assert s_last == sk
     eps_k = gauss.eps(x_pred, sk)
-    step = odediff.sample(gauss, x, solver="adams", sigmas=[*grid[:-1].tolist(), sk * (1 + delta)])
+    step = odediff.sample(gauss, x, solver="adams", sigmas=[*grid[:-1].tolist(), sk * (1 + delta)], final=0.0)
     d_k = x_pred - sk * eps_k
     xbar_c = (step * math.sqrt(1 + (sk * (1 + delta)) ** 2) + delta * d_k) / (1 + delta)
     expect = xbar_c - sk * eps_k
     assert (final - expect).abs().max().item() < 1e-9
     assert (final - d_k).abs().max().item() > 1e-4  # the correction is not a no-op here
+
+
+def test_adams_final_step_extrapolates_x0_to_sigma_min(gauss):
+    """``final`` adds final·(σ_k − σ_min)/(σ_{k−1} − σ_k)·(x̂_0,k − x̂_0,k−1), the x̂_0 at the last two
+    evaluations; the term vanishes as a grid's last point nears σ_min and is 0 on a grid ending
+    there. The default: ½ on grids of at most EXTRAPOLATED intervals, else 0."""
+    x = noise64(3, 8)
+    s = gauss.schedule
+    change = []
+    seen = []
+
+    class Recorded:  # keeps the x̂_0 of every evaluation
+        schedule = s
+
+        def eps(self, x_, sig):
+            seen.append((sig, x_ - sig * gauss.eps(x_, sig)))
+            return gauss.eps(x_, sig)
+
+        def parameters_like(self):
+            return None
+
+    for n in (5, 8, 12, 40):
+        grid = grids.quadratic_t(s, n)
+        plain = odediff.sample(gauss, x, solver="adams", sigmas=grid, final=0.0)
+        ext = odediff.sample(Recorded(), x, solver="adams", sigmas=grid, final=0.5)
+        (s_prev, d_prev), (s_k, d_k) = seen[-2], seen[-1]
+        gamma = 0.5 * (s_k - s.sigma_min) / (s_prev - s_k)
+        assert (ext - plain - gamma * (d_k - d_prev)).abs().max() < 1e-12
+        change.append((ext - plain).abs().max().item())
+        default = odediff.sample(gauss, x, solver="adams", sigmas=grid)
+        assert torch.equal(default, ext if n <= EXTRAPOLATED else plain), n
+        ends = grids.quadratic_t(s, n, sigma_last=s.sigma_min)
+        same = [odediff.sample(gauss, x, sigmas=ends, final=f) for f in (0.0, 0.5)]
+        assert torch.equal(*same)
+    assert change[-1] < 0.1 * change[0] and change[0] > 1e-4
 
 
 def test_nan_is_reported_at_the_evaluation_that_made_it(gauss):

@@ -264,3 +264,24 @@ def test_adams_short_order_on_a_short_grid_from_a_high_sigma_max():
     assert not torch.equal(run(solver="adams"), run(solver=Adams(short_order=None)))
     with pytest.raises(ValueError, match="short_order"):
         Adams(short_order=5)
+
+
+def test_adams_final_weight_by_grid_and_prediction():
+    """``final``: ½ by default on grids of at most EXTRAPOLATED intervals with the data prediction,
+    0 on longer ones and with ε (iPNDM's Euler); an explicit value holds on every grid."""
+    from odediff.grids import make_grid
+    from odediff.schedules import DiscreteSchedule
+    from odediff.solvers.adams import EXTRAPOLATED, Adams
+
+    lin = DiscreteSchedule.linear()
+    on = lambda solver, n: solver.final_on(make_grid(lin, n))
+    assert EXTRAPOLATED == 8
+    assert [on(Adams(), n) for n in (2, 8, 9, 20)] == [0.5, 0.5, 0.0, 0.0]
+    assert on(Adams(predict="eps", variable="sigma"), 5) == 0.0
+    assert on(Adams(final=1.0), 20) == 1.0 and on(Adams(final=0), 5) == 0.0
+    with pytest.raises(ValueError, match="final: expected None or a finite number"):
+        Adams(final=float("inf"))
+    with pytest.raises(ValueError, match="final: expected None or a finite number"):
+        Adams(final="half")
+    with pytest.raises(ValueError, match="final: extrapolates x̂_0, so it needs predict='x0'"):
+        Adams(final=0.5, predict="eps", variable="sigma")

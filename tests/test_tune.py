@@ -55,7 +55,9 @@ def tuned():
 def test_learned_solver_with_adams_weights_is_adams(nfe, options):
     model = gmm_digits()
     grid = make_grid(model.schedule, nfe)
-    solver = Learned(tuple(grid.tolist()), multistep_weights("adams", grid, **options))
+    solver = Learned(
+        tuple(grid.tolist()), multistep_weights("adams", grid, model.schedule.sigma_min, **options)
+    )
     x = noises(4, 0)
     a = odediff.sample(model, x, sigmas=grid, **options)
     b, info = odediff.sample(model, x, solver=solver, sigmas=grid, return_info=True)
@@ -267,5 +269,5 @@ def test_a_search_that_never_improves_returns_the_consistent_start():
     model = gmm_digits()  # a huge learning rate: every step makes the held-out error worse
     g = odediff.tune_grid(model, nfe=5, noises=noises(8, 1), holdout=noises(8, 2), reference=cheap_reference,
                           learn=("weights",), iterations=4, check=2, lr=50.0, progress=False)  # fmt: skip
-    start = multistep_weights("adams", make_grid(model.schedule, 5))
+    start = multistep_weights("adams", make_grid(model.schedule, 5), model.schedule.sigma_min)
     assert g.train_error == g.default_error and g.options["weights"] == start

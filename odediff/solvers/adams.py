@@ -24,6 +24,9 @@ The default, ``adams`` of :data:`odediff.SOLVERS`, is order 3 with the corrector
 prediction in log σ with exact weights: chosen on the zoo's trained networks and the mixture
 together (README, "How the defaults were chosen"); on a short grid from a high σ_max it runs at
 ``short_order`` = 2 (:meth:`Adams.order_on`); ``.order`` is the order as the grid is refined.
+The final step into σ = 0 adds ``final`` (by default ½ with ``predict="x0"`` on grids of at most
+:data:`EXTRAPOLATED` intervals, :meth:`Adams.final_on`) times the linear extrapolation of x̂_0 in σ
+from the last two evaluations down to σ_min, where the model's ODE ends (:meth:`Adams.to_zero`).
 ``blend`` (one β_i per interval) mixes the orders of each step, b_i = β_i·b_i^(k) +
 (1 − β_i)·b_i^(k−1); any β keeps the step consistent (Σ_j b_ij = ∫ w du), β_i = 1 is plain Adams.
 The b_ij are computed in float64 from the σ history the state carries (cached: grids repeat).
@@ -44,9 +47,10 @@ from torch import Tensor
 from ..grids import LOW_SIGMA_MAX
 from .base import Solver, StepGen
 
-__all__ = ["SHORT", "Adams", "ab_weights"]
+__all__ = ["EXTRAPOLATED", "SHORT", "Adams", "ab_weights"]
 
 SHORT = 4  # grids of at most this many intervals use ``short_order``
+EXTRAPOLATED = 8  # grids of at most this many intervals extrapolate x̂_0 in the final step (``final``)
 
 
 @cache
@@ -83,6 +87,7 @@ def ab_weights(nodes: list[float], u_next: float, variable: str, start: float | 
 
 class AdamsState(NamedTuple):
     order: int  # the order on this grid (:meth:`Adams.order_on`), fixed at init
+    final: float  # the final step's extrapolation weight on this grid (:meth:`Adams.final_on`)
     sigmas: tuple[float, ...] = ()  # σ of the ε history, newest first
     eps: tuple[Tensor, ...] = ()  # the ε history, newest first
     index: int = 0  # intervals stepped so far (which ``blend`` value applies)
@@ -100,6 +105,7 @@ class Adams(Solver):
     blend: tuple[float, ...] = ()
     predict: Literal["eps", "x0"] = "x0"
     short_order: int | None = 2
+    final: float | None = None
     name: ClassVar[str] = "adams"
 
     def __post_init__(self) -> None:
@@ -118,6 +124,12 @@ class Adams(Solver):
                 f"predict: 'x0' is the exponential-integrator form in log σ; with variable={self.variable!r} "
                 "pass predict='eps'"
             )
+        final = self.final
+        if final is not None and (isinstance(final, bool) or not isinstance(final, (int, float))
+                                  or not math.isfinite(final)):  # fmt: skip
+            raise ValueError(f"final: expected None or a finite number, got {final!r}")
+        if final and self.predict != "x0":
+            raise ValueError(f"final: extrapolates x̂_0, so it needs predict='x0'; got {final!r} with 'eps'")
         if not isinstance(self.corrector, bool):
             raise ValueError(f"corrector: expected True or False, got {self.corrector!r}")
         try:  # a list (e.g. from a JSON file) becomes a tuple, so the solver stays hashable
@@ -134,7 +146,7 @@ class Adams(Solver):
                 f"blend: expected one value per interval of the grid ({len(sigmas) - 1}), "
                 f"got {len(self.blend)}"
             )
-        return AdamsState(self.order_on(sigmas))
+        return AdamsState(self.order_on(sigmas), self.final_on(sigmas))
 
     def order_on(self, sigmas) -> int:
         """The order used on a grid: ``short_order`` on a grid of at most :data:`SHORT` intervals
@@ -176,7 +188,18 @@ class Adams(Solver):
         out = _accumulate(
             start, self._weights(sig[: self._ab(state.order)], s0, s1, state.index, False), hist
         )
-        return out, AdamsState(state.order, sig, hist, state.index + 1, xbar if self.corrector else None)
+        return out, AdamsState(
+            state.order, state.final, sig, hist, state.index + 1, xbar if self.corrector else None
+        )
+
+    def final_on(self, sigmas) -> float:
+        """The final step's extrapolation weight on a grid (:meth:`to_zero`): ``final`` if given; by
+        default (None) ½ with ``predict="x0"`` on a grid of at most :data:`EXTRAPOLATED` intervals,
+        else 0 (Euler; with ``"eps"`` always, as iPNDM). On longer grids the last σ is small, x̂_0
+        moves little below it, and the extrapolation measured worse on the mixture (README)."""
+        if self.final is not None:
+            return float(self.final)
+        return 0.5 if self.predict == "x0" and len(sigmas) - 1 <= EXTRAPOLATED else 0.0
 
     def _ab(self, order: int) -> int:  # the predictor's order
         return max(1, order - self.corrector)
@@ -194,14 +217,25 @@ class Adams(Solver):
         """With ``predict="x0"`` x̄/σ is what is integrated: x̄ enters the step as (σ_hi/σ_lo)·x̄."""
         return xbar if self.predict == "eps" else xbar * (hi / lo)
 
-    def to_zero(self, s0, s1, xbar, eps, state: AdamsState):
+    def to_zero(self, s0, s1, xbar, eps, state: AdamsState, sigma_min=0.0):
         """The last evaluation corrects x̄ at σ_k, as in every step; the final step is then
-        Euler with the same ε, x̂_0 = x̄_corrected − σ_k·ε. (Euler in x̂_0 would return the
-        network's x̂_0 at the predicted point and so drop the correction.) ε at σ = 0 joins
-        no polynomial: the history restarts after it."""
-        if s0 != 0.0 and self.corrector and state.sigmas:  # else there is nothing to correct
-            xbar = self._correct(s0, xbar, eps, state)[0]
-        return xbar.add(eps, alpha=s1 - s0), AdamsState(state.order, index=state.index + 1)
+        Euler with the same ε, x̂_0 = x̄_c − σ_k·ε (Euler in x̂_0 would return the network's x̂_0
+        at the predicted point and so drop the correction), plus ``final`` times the linear
+        extrapolation of x̂_0 in σ from σ_k, σ_{k−1} down to σ_min, where the model's ODE ends:
+
+            x̂_0 += final·(σ_k − σ_min)/(σ_{k−1} − σ_k)·(x̂_0,k − x̂_0,k−1)
+
+        A trailing grid stops at σ_k > σ_min, and Euler from there takes x̂_0 as constant over
+        [σ_min, σ_k]; the term vanishes as the grid refines to σ_min (at order 1 there is none: DDIM).
+        ε at σ = 0 joins no polynomial: the history restarts after it."""
+        done = AdamsState(state.order, state.final, index=state.index + 1)
+        if s0 == 0.0 or not state.sigmas:  # out of σ = 0, or the first evaluation: Euler
+            return xbar.add(eps, alpha=s1 - s0), done
+        xbar, sig, hist = self._correct(s0, xbar, eps, state)
+        out = xbar.add(eps, alpha=s1 - s0)
+        if state.final and len(sig) > 1 and s0 > sigma_min:
+            out.add_(hist[0] - hist[1], alpha=state.final * (s0 - sigma_min) / (sig[1] - s0))
+        return out, done
 
 
 def _is_order(k) -> bool:

@@ -71,6 +71,10 @@ class Solver:
         network another noise level (a learned solver's decoupled time)."""
         return xbar, s0
 
-    def to_zero(self, s0: float, s1: float, xbar: Tensor, eps: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """The interval touching σ = 0 with the one ε at its start: Euler, x̄ + (σ1 − σ0)·ε."""
+    def to_zero(
+        self, s0: float, s1: float, xbar: Tensor, eps: Tensor, state: Any, sigma_min: float = 0.0
+    ) -> tuple[Tensor, Any]:
+        """The interval touching σ = 0 with the one ε at its start: Euler, x̄ + (σ1 − σ0)·ε.
+        ``sigma_min`` is the model's lowest noise level (its t = 0), where the ODE itself ends;
+        below it ε is frozen at its value there (the loop's rule)."""
         return xbar.add(eps, alpha=s1 - s0), state

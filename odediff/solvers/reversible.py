@@ -97,7 +97,7 @@ class TwoStepReversible(Solver):
             return xbar.add(eps, alpha=s1 - s0), ReversibleState(xbar, s0)
         return self._two_step(s0, s1, xbar, eps, state), ReversibleState(xbar, s0)
 
-    def to_zero(self, s0, s1, xbar, eps, state: ReversibleState):
+    def to_zero(self, s0, s1, xbar, eps, state: ReversibleState, sigma_min=0.0):
         # decoding into σ = 0 is the last relation (its inverse is encode's second step);
         # encoding out of σ = 0 is the mirror Euler step
         if s1 == 0 and state.prev is not None:

@@ -82,7 +82,7 @@ class DDIM(Solver):
     def step(self, s0, s1, xbar, state: Generators) -> StepGen:
         return self.to_zero(s0, s1, xbar, (yield xbar, s0), state)
 
-    def to_zero(self, s0, s1, xbar, eps, state: Generators):
+    def to_zero(self, s0, s1, xbar, eps, state: Generators, sigma_min=0.0):
         c_eps, s = self.coefficients(s0, s1)
         out = xbar.add(eps, alpha=c_eps)
         if s > 0:
