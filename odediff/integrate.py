@@ -7,7 +7,8 @@ the sign of the grid gives the direction. Network evaluations are counted here, 
 
 **The σ = 0 rule.** The model exists only on [σ_min, σ_max], so the interval touching σ = 0 is
 one evaluation at its start (at σ_min when the start is 0) and the solver's :meth:`to_zero`
-update with it — Euler, x̂_0 = x̄ − σ_k·ε(σ_k), from the grid's last positive point σ_k.
+update with it — Euler, x̂_0 = x̄ − σ_k·ε(σ_k), from the grid's last positive point σ_k, unless
+the solver combines it otherwise (``adams`` extrapolates x̂_0 to σ_min, which the loop passes on).
 
 **The dtype policy.** The state x̄ = x·sqrt(1+σ²) spans σ_max/σ_min in scale, so the solver keeps
 it in float64 (float32 on MPS, which has no float64); this costs elementwise work only. The
