@@ -94,8 +94,8 @@ def quadratic_t(schedule: DiscreteSchedule, n: int, sigma_last: float | None = N
 
 
 def budget_power(n: int) -> float:
-    """The power p of :func:`budget_t` on n intervals: 1.25 up to 5, 1.75 at 6, 2 from 7 on."""
-    return 1.25 if n <= 5 else 1.75 if n == 6 else 2.0
+    """The power p of :func:`budget_t` on n intervals: 1.25 up to 5, 1.7 at 6, 2 from 7 on."""
+    return 1.25 if n <= 5 else 1.7 if n == 6 else 2.0
 
 
 def budget_t(schedule: DiscreteSchedule, n: int, sigma_last: float | None = None) -> Tensor:
